@@ -1,0 +1,188 @@
+"""The ``colorize`` command.
+
+The commands that run flows import them (and so Prefect) only when called; the rest of the
+library never imports Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from colorize.imaging import DEFAULT_MAX_PIXELS
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Colorize scanned black-and-white photographs.")
+models_app = typer.Typer(no_args_is_help=True, help="List, inspect and promote registered models.")
+app.add_typer(models_app, name="models")
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class OutputFormat(StrEnum):
+    same = "same"
+    jpeg = "jpeg"
+    png = "png"
+    tiff = "tiff"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    source: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix of scans.")],
+    dest: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix for the colour versions.")],
+    model: Annotated[str | None, typer.Option(help="Model folder, .safetensors, notebook .pth, or registry.")] = None,
+    registry: Annotated[str | None, typer.Option(help="Use this registry's production model.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
+    shard_size: Annotated[int, typer.Option(min=1, help="Images per task (unit of work and of retry).")] = 256,
+    device: Annotated[Device, typer.Option(help="auto uses a GPU when there is one.")] = Device.auto,
+    force: Annotated[bool, typer.Option("--force", help="Redo everything, even what is done.")] = False,
+    redo_older: Annotated[
+        bool, typer.Option("--redo-older", help="Redo outputs that another (older) model made.")
+    ] = False,
+    colorize_color: Annotated[
+        bool, typer.Option("--colorize-color", help="Colorize colour sources too, as gray.")
+    ] = False,
+    output_format: Annotated[OutputFormat, typer.Option(help="same keeps each source's format.")] = OutputFormat.same,
+    max_megapixels: Annotated[float, typer.Option(help="Refuse larger images before decoding.")] = (
+        DEFAULT_MAX_PIXELS / 1e6
+    ),
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+) -> None:
+    """Colorize every gray scan under SOURCE into DEST, and record it in DEST/manifest.csv.
+
+    Exit code 0 when the run completed (some files may have failed: the manifest says which),
+    non-zero when the run itself could not proceed.
+    """
+    from colorize.modelfile import ModelNotFoundError
+    from colorize.storage import StorageError
+    from flows.colorize_archive import colorize_archive
+
+    try:
+        summary = colorize_archive(
+            source=source, dest=dest, model=model, registry=registry, batch_size=batch_size,
+            shard_size=shard_size, device=device.value, force=force, redo_older=redo_older,
+            colorize_color=colorize_color, output_format=output_format.value,
+            max_megapixels=max_megapixels, endpoint_url=endpoint_url, progress=True,
+        )  # fmt: skip
+    except (ModelNotFoundError, StorageError, FileNotFoundError, PermissionError, ValueError, RuntimeError) as err:
+        raise _fail(str(err), 1) from None
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "no scans found"
+    typer.echo(f"run {summary.run_id}: {counts}")
+    typer.echo(f"manifest: {summary.dest.rstrip('/')}/manifests/{summary.run_id}.csv")
+
+
+@app.command()
+def train(
+    pairs: Annotated[str, typer.Argument(help="Victorian400 folder, colour-only folder, or CSV of pairs.")],
+    registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix to register the model in.")],
+    epochs: Annotated[int, typer.Option(min=1)] = 100,
+    width: Annotated[int, typer.Option(min=1, help="Generator width (channels of the first block).")] = 64,
+    depth: Annotated[int, typer.Option(min=2, help="U-Net levels (8 for 256 crops, 7 for 128).")] = 8,
+    image_size: Annotated[int, typer.Option(help="Training crop side.")] = 256,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
+    decay_epoch: Annotated[int, typer.Option(help="Linear decay to 0 starts after this epoch.")] = 100,
+    lambda_l1: Annotated[float, typer.Option(help="Weight of the L1 loss.")] = 100.0,
+    l1_warmup_epochs: Annotated[int, typer.Option(help="Epochs of L1 alone before the GAN loss.")] = 0,
+    ema_decay: Annotated[float, typer.Option(help="EMA of generator weights (0 = off).")] = 0.0,
+    color_mode: Annotated[str, typer.Option(help="lab (default) or rgb (the notebook's).")] = "lab",
+    val_fraction: Annotated[float, typer.Option(help="Held-out share, fixed by file-name hash.")] = 0.1,
+    eval_every: Annotated[int, typer.Option(min=1)] = 5,
+    checkpoint_every: Annotated[int, typer.Option(min=1)] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[Device, typer.Option()] = Device.auto,
+    from_model: Annotated[str | None, typer.Option(help="Fine-tune this model instead of starting afresh.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
+    no_promote: Annotated[bool, typer.Option("--no-promote", help="Register, but never promote.")] = False,
+    criterion: Annotated[str, typer.Option(help="psnr, ssim, ab_error or colourfulness_diff.")] = "psnr",
+    checkpoint_dir: Annotated[str | None, typer.Option(help="Default: REG/checkpoints.")] = None,
+) -> None:
+    """Train a model on curated pairs, register it, and promote it if it beats production."""
+    from colorize.training.trainer import TrainConfig
+    from flows.retrain import retrain
+
+    try:
+        cfg = TrainConfig(
+            color_mode=color_mode, width=width, depth=depth, image_size=image_size, epochs=epochs,
+            batch_size=batch_size, lr=lr, decay_epoch=decay_epoch, lambda_l1=lambda_l1,
+            l1_warmup_epochs=l1_warmup_epochs, ema_decay=ema_decay, val_fraction=val_fraction,
+            eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, device=device.value,
+        )  # fmt: skip
+        summary = retrain(
+            pairs=pairs, registry=registry, config=cfg, from_model=from_model, resume=resume,
+            promote=not no_promote, criterion=criterion, checkpoint_dir=checkpoint_dir, progress=True,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise _fail(str(err), 1) from None
+    typer.echo(f"registered {summary.version}: {summary.reason}")
+    if summary.problems:
+        typer.echo(f"{len(summary.problems)} pairs skipped (see the flow's log)")
+
+
+@models_app.command("list")
+def models_list(registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")]) -> None:
+    """One line per version: name, aliases, creation time and metrics."""
+    from colorize.registry import Registry
+
+    reg = Registry(registry)
+    aliases = reg.aliases()
+    for version in reg.versions():
+        card = reg.card(version)
+        tags = ",".join(a for a, v in aliases.items() if v == version)
+        metrics = " ".join(
+            f"{k}={v:.4g}" for k, v in sorted((card.get("metrics") or {}).items()) if isinstance(v, int | float)
+        )
+        typer.echo(f"{version}\t{tags or '-'}\t{card.get('created_at', '')}\t{card.get('model_id', '')}\t{metrics}")
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version (v3) or alias (production).")] = "production",
+    registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")] = ".",
+) -> None:
+    """Print a version's card as JSON."""
+    from colorize.registry import Registry
+
+    try:
+        typer.echo(json.dumps(Registry(registry).card(version), indent=2, sort_keys=True))
+    except KeyError as err:
+        raise _fail(str(err.args[0])) from None
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version to promote, e.g. v3.")],
+    registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")],
+    alias: Annotated[str, typer.Option(help="Alias to point at it.")] = "production",
+) -> None:
+    """Point an alias (production by default) at a version."""
+    from colorize.registry import Registry
+
+    try:
+        Registry(registry).promote(version, alias)
+    except KeyError as err:
+        raise _fail(str(err.args[0])) from None
+    typer.echo(f"{alias} -> {version}")
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,121 @@
+"""Inference: a generator on a device, turning batches of small gray images into chroma.
+
+The engine works at the model's size (256x256). Going from a scan to the model's input is
+:func:`model_input`; going back to full resolution is :func:`colorize.color.merge_chroma`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+import cv2
+import numpy as np
+import torch
+
+from colorize.color import (
+    NOTEBOOK_NORMALIZATION,
+    denormalize_ab,
+    gray_to_lightness,
+    max_value,
+    normalize_l,
+    rgb_to_lab,
+)
+from colorize.modelfile import LoadedModel
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU. ``cuda`` without a GPU is an error."""
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), not {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for, but PyTorch sees no CUDA GPU here")
+    return torch.device(device)
+
+
+def model_input(gray: np.ndarray, size: int = 256) -> np.ndarray:
+    """Reduce a full-resolution scan to the model's input size.
+
+    Args:
+        gray: (H, W) uint8 or uint16 sRGB gray.
+        size: the model's square input side.
+
+    Returns:
+        (size, size) float32 gray in [0, 1]. The aspect ratio is not kept: the model's chroma is
+        stretched back to (H, W) afterwards, so every pixel of the scan gets colour.
+    """
+    bit_depth = 16 if gray.dtype == np.uint16 else 8
+    small = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+    return small.astype(np.float32) / max_value(bit_depth)
+
+
+class Colorizer:
+    """A loaded generator on a device, predicting chroma for batches of 256x256 gray images."""
+
+    def __init__(self, model: LoadedModel, device: str = "auto"):
+        self.model = model
+        self.device = pick_device(device)
+        self.image_size = int(model.card.get("image_size", 256))
+        self.generator = model.generator.to(self.device).eval()
+        self._cuda = self.device.type == "cuda"
+        if self._cuda:
+            self.generator = self.generator.to(memory_format=torch.channels_last)
+        norm = model.card.get("normalization") or NOTEBOOK_NORMALIZATION
+        if model.color_mode == "rgb":
+            self._gray_mean = float(norm["gray_mean"][0])
+            self._gray_std = float(norm["gray_std"][0])
+            self._color_mean = np.array(norm["color_mean"], dtype=np.float32)
+            self._color_std = np.array(norm["color_std"], dtype=np.float32)
+
+    @property
+    def model_id(self) -> str:
+        return self.model.model_id
+
+    def _to_tensor(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self._cuda:
+            t = t.pin_memory().to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return t
+
+    @torch.inference_mode()
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Raw generator forward pass: (B, C_in, S, S) float32 -> (B, C_out, S, S) float32 in [-1, 1]."""
+        t = self._to_tensor(x)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self._cuda else nullcontext()
+        with autocast:
+            y = self.generator(t)
+        return y.float().cpu().numpy()
+
+    def predict_rgb(self, gray: np.ndarray) -> np.ndarray:
+        """``rgb``-mode models only: the notebook's own output, denormalised.
+
+        Args:
+            gray: (B, S, S) float32 gray in [0, 1].
+
+        Returns:
+            (B, S, S, 3) float32 RGB in [0, 1], as the notebook computes ``out * std + mean``, clipped.
+        """
+        x = (gray - self._gray_mean) / self._gray_std
+        x = np.repeat(x[:, None], 3, axis=1).astype(np.float32)  # (B, 3, S, S): gray as 3 channels
+        y = self.forward(x).transpose(0, 2, 3, 1)  # (B, S, S, 3)
+        return np.clip(y * self._color_std + self._color_mean, 0.0, 1.0)
+
+    def predict_ab(self, gray: np.ndarray) -> np.ndarray:
+        """Chroma for a batch of model-size gray images.
+
+        Args:
+            gray: (B, S, S) float32 gray in [0, 1], as from :func:`model_input`.
+
+        Returns:
+            (B, S, S, 2) float32 ab.
+        """
+        if self.model.color_mode == "rgb":
+            return rgb_to_lab(self.predict_rgb(gray))[..., 1:]
+        x = normalize_l(gray_to_lightness(gray))[:, None]  # (B, 1, S, S)
+        return denormalize_ab(self.forward(x).transpose(0, 2, 3, 1))  # (B, S, S, 2)

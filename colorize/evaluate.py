@@ -1,0 +1,165 @@
+"""Measuring colour quality on held-out pairs, through the same path production uses.
+
+Each held-out colour image is reduced to its gray, colorized exactly as ``colorize run`` would
+(model input at 256, chroma merged on the full-resolution gray), and compared with the original:
+
+* PSNR and SSIM on RGB (scikit-image's implementations);
+* mean ab error: mean Euclidean distance between predicted and true (a*, b*), Lab units;
+* colourfulness (Hasler & Suesstrunk, |rg|/|yb| form, see :func:`colorize.color.colourfulness`)
+  of outputs and of ground truth, as a ratio and as a difference.
+
+Baselines plug in as another ``predict_ab``: gray (zero chroma) and the training set's mean chroma.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from colorize.color import colourfulness, luma, merge_chroma, rgb_to_lab
+from colorize.engine import model_input
+from colorize.training.pairs import LoadedPair
+
+PredictAB = Callable[[np.ndarray], np.ndarray]  # (B, S, S) gray in [0, 1] -> (B, S, S, 2) ab
+
+# Long side of the images compared: large enough to judge the merge at scan-like resolution,
+# small enough that SSIM on a few dozen images takes seconds.
+EVAL_LONG_SIDE = 768
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    psnr: float
+    ssim: float
+    ab_error: float
+    colourfulness: float
+    colourfulness_gt: float
+    n: int
+
+    @property
+    def colourfulness_ratio(self) -> float:
+        return self.colourfulness / self.colourfulness_gt if self.colourfulness_gt else 0.0
+
+    @property
+    def colourfulness_diff(self) -> float:
+        return abs(self.colourfulness - self.colourfulness_gt)
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        return {
+            f"{prefix}psnr": self.psnr,
+            f"{prefix}ssim": self.ssim,
+            f"{prefix}ab_error": self.ab_error,
+            f"{prefix}colourfulness": self.colourfulness,
+            f"{prefix}colourfulness_gt": self.colourfulness_gt,
+            f"{prefix}colourfulness_ratio": self.colourfulness_ratio,
+            f"{prefix}colourfulness_diff": self.colourfulness_diff,
+        }
+
+
+def eval_size(rgb: np.ndarray, long_side: int = EVAL_LONG_SIDE) -> np.ndarray:
+    """Shrink (H, W, 3) uint8 so its long side is at most ``long_side``."""
+    h, w = rgb.shape[:2]
+    scale = long_side / max(h, w)
+    if scale >= 1:
+        return rgb
+    return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def eval_pairs(pairs: Sequence[LoadedPair]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Ground truths at evaluation size and each pair's own gray resized to match them."""
+    images = [eval_size(p.rgb) for p in pairs]
+    grays = [
+        cv2.resize(p.gray, img.shape[1::-1], interpolation=cv2.INTER_AREA) for p, img in zip(pairs, images, strict=True)
+    ]
+    return images, grays
+
+
+def colorize_like_production(gray: np.ndarray, predict_ab: PredictAB, size: int = 256) -> np.ndarray:
+    """(H, W) uint8 gray -> (H, W, 3) uint8 RGB, by the production path."""
+    ab = predict_ab(model_input(gray, size)[None])[0]
+    return merge_chroma(gray, ab)
+
+
+def evaluate(
+    images: Sequence[np.ndarray],
+    predict_ab: PredictAB,
+    size: int = 256,
+    grays: Sequence[np.ndarray] | None = None,
+) -> QualityReport:
+    """Score ``predict_ab`` on ground-truth colour images.
+
+    Args:
+        images: (H, W, 3) uint8 RGB ground truths (already at evaluation size).
+        predict_ab: the model (or baseline) under test.
+        size: the model's input side.
+        grays: the model's gray inputs, when they are not simply each image's luma (curated pairs).
+
+    Returns:
+        Means over the images.
+    """
+    scores = []
+    for i, gt in enumerate(images):
+        gray = grays[i] if grays is not None else luma(gt)
+        out = colorize_like_production(gray, predict_ab, size)
+        ab_err = np.hypot(*(rgb_to_lab(out / 255.0)[..., 1:] - rgb_to_lab(gt / 255.0)[..., 1:]).transpose(2, 0, 1))
+        scores.append(
+            (
+                peak_signal_noise_ratio(gt, out, data_range=255),
+                structural_similarity(gt, out, channel_axis=2, data_range=255),
+                float(ab_err.mean()),
+                colourfulness(out),
+                colourfulness(gt),
+            )
+        )
+    if not scores:
+        raise ValueError("no images to evaluate on")
+    m = np.mean(np.array(scores, dtype=np.float64), axis=0)
+    return QualityReport(float(m[0]), float(m[1]), float(m[2]), float(m[3]), float(m[4]), len(scores))
+
+
+def gray_baseline(gray: np.ndarray) -> np.ndarray:
+    """The scan unchanged: zero chroma. (B, S, S) -> (B, S, S, 2)."""
+    return np.zeros((*gray.shape, 2), dtype=np.float32)
+
+
+def mean_chroma_baseline(mean_ab: np.ndarray) -> PredictAB:
+    """Every pixel gets the same chroma (the training set's mean ab, shape (2,))."""
+    ab = np.asarray(mean_ab, dtype=np.float32)
+
+    def predict(gray: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(ab, (*gray.shape, 2)).copy()
+
+    return predict
+
+
+def mean_ab(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean (a*, b*) over all pixels of (H, W, 3) uint8 images: shape (2,)."""
+    sums = np.zeros(2)
+    count = 0
+    for rgb in images:
+        ab = rgb_to_lab(rgb / 255.0)[..., 1:].reshape(-1, 2)
+        sums += ab.sum(axis=0)
+        count += len(ab)
+    return (sums / max(count, 1)).astype(np.float32)
+
+
+def sample_grid(rows: Sequence[tuple[np.ndarray, ...]], cell: int = 160) -> np.ndarray:
+    """Tile images into a grid, one tuple per row (e.g. gray, output, truth); (H, W, 3) uint8 out."""
+    tiles = []
+    for row in rows:
+        cells = []
+        for img in row:
+            rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+            h, w = rgb.shape[:2]
+            scale = cell / max(h, w)
+            small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            canvas = np.full((cell, cell, 3), 255, dtype=np.uint8)
+            y, x = (cell - small.shape[0]) // 2, (cell - small.shape[1]) // 2
+            canvas[y : y + small.shape[0], x : x + small.shape[1]] = small
+            cells.append(canvas)
+        tiles.append(np.concatenate(cells, axis=1))
+    return np.concatenate(tiles, axis=0)

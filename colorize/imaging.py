@@ -1,0 +1,298 @@
+"""Decoding scans and encoding outputs: bytes in, arrays out, and back.
+
+Every quirk of real scans is made explicit here, once: EXIF orientation, alpha on white, palette and
+CMYK images, 16-bit gray, multi-page TIFFs, and a pixel limit checked before any pixel is decoded.
+Errors are :class:`ScanError` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from colorize.color import luma
+
+# Our own limit replaces Pillow's decompression-bomb guard, so that the refusal is a clean,
+# configurable error raised before decoding rather than a warning or an exception half-way.
+Image.MAX_IMAGE_PIXELS = None
+
+DEFAULT_MAX_PIXELS = 200_000_000
+PREVIEW_SIZE = 256
+
+# Pillow format name -> (canonical extension, MIME type). Only these are listed as scans.
+FORMATS: dict[str, tuple[str, str]] = {
+    "JPEG": (".jpg", "image/jpeg"),
+    "PNG": (".png", "image/png"),
+    "TIFF": (".tif", "image/tiff"),
+    "WEBP": (".webp", "image/webp"),
+    "BMP": (".bmp", "image/bmp"),
+}
+SCAN_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp"})
+OUTPUT_FORMATS = ("same", "jpeg", "png", "tiff")
+_FORCED = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF"}
+JPEG_QUALITY = 95
+
+
+class ScanError(Exception):
+    """A file that cannot be used as a scan. ``str(err)`` is the manifest's ``reason``."""
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A decoded scan, reduced to what colorization needs.
+
+    Attributes:
+        gray: (H, W) uint8 or uint16, sRGB-encoded gray levels at full resolution, upright.
+        preview: (h, w, 3) uint8 RGB, long side at most 256, only for sources with colour
+            channels (for the colour detector); None for single-channel sources.
+        mode: the source's Pillow mode (``L``, ``RGB``, ``I;16``, ``CMYK``, ...).
+        bit_depth: 8 or 16, the depth of ``gray``.
+        format: Pillow format name (``JPEG``, ``PNG``, ``TIFF``, ``WEBP``, ``BMP``).
+        pages: number of frames in the file (multi-page TIFF); only the first is used.
+        dpi: (x, y) resolution when the file records one.
+    """
+
+    gray: np.ndarray
+    preview: np.ndarray | None
+    mode: str
+    bit_depth: int
+    format: str
+    pages: int
+    dpi: tuple[float, float] | None
+
+    @property
+    def height(self) -> int:
+        return int(self.gray.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.gray.shape[1])
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise ScanError("empty file (0 bytes)")
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ScanError("not an image: no known image format recognised in the file header") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise _decode_error(err, "header") from None
+
+
+def _decode_error(err: Exception, part: str) -> ScanError:
+    """Name what is wrong: a file cut short (an interrupted copy) or damaged bytes."""
+    text = str(err) or type(err).__name__
+    lower = text.lower()
+    if isinstance(err, EOFError) or any(w in lower for w in ("truncat", "end of file", "premature", "not enough")):
+        return ScanError(f"truncated image {part}: the file ends early ({text})")
+    return ScanError(f"corrupt image {part}: {text}")
+
+
+def _dpi(img: Image.Image) -> tuple[float, float] | None:
+    dpi = img.info.get("dpi")
+    if not dpi:
+        return None
+    try:
+        x, y = float(dpi[0]), float(dpi[1])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (x, y) if x > 0 and y > 0 else None
+
+
+def _on_white(rgb_or_gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Composite onto white: (H, W[, C]) uint8 with (H, W) uint8 alpha -> same shape uint8."""
+    a = alpha.astype(np.float32) / 255.0
+    if rgb_or_gray.ndim == 3:
+        a = a[..., None]
+    out = rgb_or_gray.astype(np.float32) * a + 255.0 * (1.0 - a)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _preview(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    scale = PREVIEW_SIZE / max(h, w)
+    if scale >= 1:
+        return np.ascontiguousarray(rgb)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+def _to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """An upright Pillow image -> (gray (H, W), colour preview or None, bit depth)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(img, dtype=np.uint16), None, 16
+    if mode == "I":
+        # 32-bit integer images in the wild are 16-bit scans stored wide; anything beyond is clipped.
+        arr = np.asarray(img, dtype=np.int64)
+        return np.clip(arr, 0, 65535).astype(np.uint16), None, 16
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        top = 1.0 if arr.max(initial=0.0) <= 1.0 else 65535.0
+        return np.clip(arr / top * 65535.0 + 0.5, 0, 65535).astype(np.uint16), None, 16
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.uint8), None, 8
+    if mode in ("LA", "La"):
+        la = np.asarray(img.convert("LA"), dtype=np.uint8)
+        return _on_white(la[..., 0], la[..., 1]), None, 8
+    if mode == "P":
+        has_alpha = "transparency" in img.info or img.palette is not None and img.palette.mode == "RGBA"
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    elif mode not in ("RGB", "RGBA"):
+        # CMYK, YCbCr, LAB, HSV, PA, RGBX, RGBa ...: Pillow's own conversion to RGB(A).
+        img = img.convert("RGBA" if "A" in mode or "a" in mode else "RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.shape[2] == 4:
+        arr = _on_white(arr[..., :3], arr[..., 3])
+    rgb = np.ascontiguousarray(arr[..., :3])
+    return luma(rgb), _preview(rgb), 8
+
+
+def _load_upright(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int, str, tuple[float, float] | None]:
+    """Open, check, decode the first page and apply EXIF orientation.
+
+    Returns:
+        (upright image, format name, page count, original mode, dpi).
+    """
+    img = _open(data)
+    fmt = img.format or "unknown"
+    if fmt not in FORMATS:
+        raise ScanError(f"unsupported image format {fmt}; supported: {', '.join(FORMATS)}")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ScanError(
+            f"image is {width}x{height} = {width * height / 1e6:.1f} MP, over the limit of "
+            f"{max_pixels / 1e6:.1f} MP (raise --max-megapixels to allow it)"
+        )
+    pages = int(getattr(img, "n_frames", 1) or 1)
+    mode, dpi = img.mode, _dpi(img)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": orientation then stays as is
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+    except (OSError, ValueError, SyntaxError, IndexError, EOFError) as err:
+        raise _decode_error(err, "data") from None
+    if width == 0 or height == 0:
+        raise ScanError("image has no pixels")
+    return img, fmt, pages, mode, dpi
+
+
+def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
+    """Decode the bytes of a scan into an upright gray array.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: refuse images with more pixels than this, before decoding them.
+
+    Returns:
+        The :class:`Scan`.
+
+    Raises:
+        ScanError: empty, not an image, unsupported format, over the pixel limit, truncated or corrupt.
+    """
+    img, fmt, pages, mode, dpi = _load_upright(data, max_pixels)
+    try:
+        gray, preview, bit_depth = _to_gray(img)
+    except (OSError, ValueError) as err:
+        raise ScanError(f"corrupt image data: {err}") from None
+    return Scan(gray=gray, preview=preview, mode=mode, bit_depth=bit_depth, format=fmt, pages=pages, dpi=dpi)
+
+
+def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode a colour image: (H, W, 3) uint8 sRGB, upright, alpha composited on white.
+
+    Raises:
+        ScanError: as :func:`decode_scan`.
+    """
+    img, *_ = _load_upright(data, max_pixels)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F", "1", "L", "LA", "La"):
+        gray, _, bit_depth = _to_gray(img)
+        gray8 = gray if bit_depth == 8 else (gray >> 8).astype(np.uint8)
+        return np.repeat(gray8[..., None], 3, axis=2)
+    has_alpha = "A" in img.mode or "a" in img.mode or "transparency" in img.info
+    arr = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.uint8)
+    return _on_white(arr[..., :3], arr[..., 3]) if has_alpha else arr
+
+
+def output_format(source_format: str, requested: str) -> str:
+    """The Pillow format name of the output for a source format and the ``--output-format`` choice."""
+    if requested not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, not {requested!r}")
+    return source_format if requested == "same" else _FORCED[requested]
+
+
+def content_type(fmt: str) -> str:
+    """MIME type of a Pillow format name."""
+    return FORMATS[fmt][1]
+
+
+def output_key(source_key: str, source_format: str, fmt: str) -> str:
+    """Destination key: the source's relative path, with the extension changed only when the format is."""
+    if fmt == source_format:
+        return source_key
+    stem, dot, _ = source_key.rpartition(".")
+    return (stem if dot else source_key) + FORMATS[fmt][0]
+
+
+def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = None) -> bytes:
+    """Encode an RGB image.
+
+    Args:
+        rgb: (H, W, 3) uint8, or uint16 (then TIFF and PNG keep 16 bits; JPEG/WebP/BMP, which
+            cannot hold them, get the top 8 bits).
+        fmt: Pillow format name, one of :data:`FORMATS`.
+        dpi: resolution to record, when the format can hold it.
+
+    Returns:
+        The encoded file's bytes.
+    """
+    if rgb.dtype == np.uint16:
+        if fmt in ("TIFF", "PNG"):
+            return _encode_16bit(rgb, fmt, dpi)
+        rgb = (rgb >> 8).astype(np.uint8)
+    img = Image.fromarray(rgb, "RGB")
+    buf = io.BytesIO()
+    options: dict[str, object] = {}
+    if dpi and fmt in ("JPEG", "PNG", "TIFF", "BMP"):
+        options["dpi"] = dpi
+    if fmt == "JPEG":
+        # Default 4:2:0 subsampling loses nothing here: the model's chroma is smooth by construction.
+        options.update(quality=JPEG_QUALITY)
+    elif fmt == "PNG":
+        options.update(compress_level=4)
+    elif fmt == "TIFF":
+        options.update(compression="tiff_adobe_deflate")
+    elif fmt == "WEBP":
+        options.update(quality=JPEG_QUALITY, method=4)
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def _encode_16bit(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -> bytes:
+    # Pillow cannot write 16-bit RGB; OpenCV can (BGR channel order).
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    if fmt == "PNG":
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 4])
+    else:
+        params = [cv2.IMWRITE_TIFF_COMPRESSION, 8]  # 8 = Adobe deflate
+        if dpi:
+            params += [
+                cv2.IMWRITE_TIFF_RESUNIT,
+                2,  # inches
+                cv2.IMWRITE_TIFF_XDPI,
+                round(dpi[0]),
+                cv2.IMWRITE_TIFF_YDPI,
+                round(dpi[1]),
+            ]
+        ok, buf = cv2.imencode(".tif", bgr, params)
+    if not ok:
+        raise ScanError(f"OpenCV could not encode a 16-bit {fmt}")
+    return buf.tobytes()

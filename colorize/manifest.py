@@ -1,0 +1,221 @@
+"""The manifest: one CSV row per source per run, and the cumulative ledger built from them.
+
+At the destination::
+
+    manifest.csv                 the ledger: the latest state of every source ever seen
+    manifests/<run_id>.csv       everything one run did, one row per listed source
+    manifests/<run_id>/*.csv     parts, written as a run goes; folded into the two files above
+                                 when the run ends, or by the next run if this one was killed
+
+The ledger keeps the latest row of every source, so it stays one row per source however many
+nights run; a ``skipped_done`` row carries its output's URI, hash and model forward.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from colorize.storage import Storage
+
+LEDGER_KEY = "manifest.csv"
+RUNS_PREFIX = "manifests/"
+
+STATUSES = ("colorized", "skipped_done", "skipped_color", "failed")
+
+
+@dataclass
+class ManifestRow:
+    """One source in one run. Empty strings and zeros mean "not known" (e.g. undecodable files)."""
+
+    run_id: str
+    source_uri: str
+    source_size: int
+    source_mtime: str
+    status: str
+    reason: str = ""
+    source_etag: str = ""
+    source_sha256: str = ""
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    bit_depth: int = 0
+    pages: int = 0
+    output_uri: str = ""
+    output_sha256: str = ""
+    model_id: str = ""
+    seconds: float = 0.0
+    worker: str = ""
+    finished_at: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
+        self.seconds = round(float(self.seconds), 4)
+        if not self.worker:
+            self.worker = worker_id()
+        if not self.finished_at:
+            self.finished_at = now_iso()
+
+
+COLUMNS: list[str] = [
+    "run_id", "source_uri", "source_size", "source_mtime", "source_etag", "source_sha256",
+    "width", "height", "mode", "bit_depth", "pages", "status", "reason", "output_uri",
+    "output_sha256", "model_id", "seconds", "worker", "finished_at",
+]  # fmt: skip
+assert sorted(COLUMNS) == sorted(f.name for f in fields(ManifestRow))
+
+_DTYPES = {
+    "source_size": "int64", "width": "int64", "height": "int64", "bit_depth": "int64",
+    "pages": "int64", "seconds": "float64",
+}  # fmt: skip
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def format_mtime(seconds: float) -> str:
+    """A modification time as recorded (and compared) in manifests: ISO 8601 UTC, microseconds."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
+
+
+def worker_id() -> str:
+    """Which process did the work: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time to the second, then 6 random hex digits."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
+
+
+def to_frame(rows: Iterable[ManifestRow]) -> pd.DataFrame:
+    frame = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
+    return frame.astype(_DTYPES) if len(frame) else empty_frame()
+
+
+def empty_frame() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=_DTYPES.get(c, "object")) for c in COLUMNS})
+
+
+def read_csv(storage: Storage, key: str) -> pd.DataFrame:
+    """A manifest CSV as a frame with every column, or an empty frame when there is none."""
+    try:
+        data = storage.read_bytes(key)
+    except FileNotFoundError:
+        return empty_frame()
+    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = ""
+    for column, dtype in _DTYPES.items():
+        frame[column] = pd.to_numeric(frame[column].replace("", "0")).astype(dtype)
+    return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
+
+
+def write_csv(storage: Storage, key: str, frame: pd.DataFrame) -> None:
+    """Write a manifest CSV atomically (the storage writes whole objects only)."""
+    storage.write_bytes(key, frame.to_csv(index=False).encode("utf-8"), "text/csv")
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """What the ledger remembers of a source: enough to decide whether to skip it."""
+
+    size: int
+    mtime: str
+    etag: str
+    sha256: str
+    status: str
+    output_uri: str
+    output_sha256: str
+    model_id: str
+    run_id: str
+
+
+class Ledger:
+    """The cumulative manifest as a hash map from source URI to its latest state."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+        self._entries: dict[str, LedgerEntry] = {
+            uri: LedgerEntry(int(size), mtime, etag, sha, status, out, out_sha, model, run)
+            for uri, size, mtime, etag, sha, status, out, out_sha, model, run in zip(
+                frame["source_uri"], frame["source_size"], frame["source_mtime"], frame["source_etag"],
+                frame["source_sha256"], frame["status"], frame["output_uri"], frame["output_sha256"],
+                frame["model_id"], frame["run_id"], strict=True,
+            )
+        }  # fmt: skip
+
+    @classmethod
+    def load(cls, dest: Storage) -> Ledger:
+        return cls(read_csv(dest, LEDGER_KEY))
+
+    def get(self, source_uri: str) -> LedgerEntry | None:
+        return self._entries.get(source_uri)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+DONE_STATUSES = ("colorized", "skipped_done")
+
+
+def merge_into_ledger(ledger: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
+    """The ledger after a run: each source's latest row."""
+    merged = pd.concat([ledger, run], ignore_index=True) if len(ledger) else run
+    merged = merged.drop_duplicates(subset="source_uri", keep="last")
+    return merged.sort_values("source_uri", kind="stable").reset_index(drop=True)
+
+
+def part_key(run_id: str, name: str) -> str:
+    return f"{RUNS_PREFIX}{run_id}/{name}.csv"
+
+
+def run_key(run_id: str) -> str:
+    return f"{RUNS_PREFIX}{run_id}.csv"
+
+
+def write_part(dest: Storage, run_id: str, name: str, rows: list[ManifestRow]) -> None:
+    """Record finished work as soon as it is done, so that a kill loses at most the work in flight."""
+    write_csv(dest, part_key(run_id, name), to_frame(rows))
+
+
+def _part_keys(dest: Storage, run_id: str) -> list[str]:
+    return sorted(o.key for o in dest.list(f"{RUNS_PREFIX}{run_id}/") if o.key.endswith(".csv"))
+
+
+def unfinished_runs(dest: Storage, exclude: str = "") -> Iterator[str]:
+    """Runs that left parts behind without a run manifest: killed, or crashed before the end."""
+    seen: set[str] = set()
+    for obj in dest.list(RUNS_PREFIX):
+        parts = obj.key[len(RUNS_PREFIX) :].split("/")
+        if len(parts) == 2 and parts[0] != exclude and parts[0] not in seen:
+            seen.add(parts[0])
+            yield parts[0]
+
+
+def finish_run(dest: Storage, run_id: str) -> pd.DataFrame:
+    """Fold a run's parts into ``manifests/<run_id>.csv`` and the ledger; remove the parts.
+
+    Order matters for crash safety: the run manifest and the ledger are written (atomically)
+    before any part is deleted, so a crash in between at worst folds the same rows twice, which
+    the ledger's one-row-per-source rule makes harmless.
+    """
+    keys = _part_keys(dest, run_id)
+    frames = [read_csv(dest, k) for k in keys]
+    previous = read_csv(dest, run_key(run_id))  # a run folded before, whose parts outlived it
+    run = pd.concat([previous, *frames], ignore_index=True) if frames else previous
+    run = run.drop_duplicates(subset="source_uri", keep="last").reset_index(drop=True)
+    write_csv(dest, run_key(run_id), run)
+    write_csv(dest, LEDGER_KEY, merge_into_ledger(read_csv(dest, LEDGER_KEY), run))
+    for key in keys:
+        dest.delete(key)
+    return run

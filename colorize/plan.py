@@ -1,0 +1,212 @@
+"""Planning a run: list the source, decide per file what to do, and cut the work into shards.
+
+Everything here is a stream: a source of millions of files is never held as a list. What is held
+is the ledger (a hash map, one entry per source ever seen) and the set of output keys of this run
+(to refuse two sources that would write the same output).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from colorize.imaging import (
+    DEFAULT_MAX_PIXELS,
+    FORMATS,
+    OUTPUT_FORMATS,
+    SCAN_EXTENSIONS,
+    output_format,
+    output_key,
+)
+from colorize.manifest import DONE_STATUSES, Ledger, LedgerEntry, ManifestRow, format_mtime
+from colorize.storage import ObjectInfo, Storage, UnsafeKeyError, check_key
+
+_EXTENSION_FORMAT = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
+    ".webp": "WEBP", ".bmp": "BMP",
+}  # fmt: skip
+assert set(_EXTENSION_FORMAT) == SCAN_EXTENSIONS and set(_EXTENSION_FORMAT.values()) == set(FORMATS)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a run needs to know, resolved once at its start and passed to every shard."""
+
+    run_id: str
+    source: str
+    dest: str
+    model: str  # a resolved model spec (folder, file or registry version), loadable anywhere
+    model_id: str
+    batch_size: int = 8
+    shard_size: int = 256
+    device: str = "auto"
+    force: bool = False
+    redo_older: bool = False
+    colorize_color: bool = False
+    output_format: str = "same"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    endpoint_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ValueError("batch size and shard size must be at least 1")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One source file to colorize.
+
+    ``verify_sha256`` is set when the ledger knows this source with a different mtime but the same
+    size: the shard hashes the bytes and skips the file if its content is in fact unchanged.
+    """
+
+    key: str
+    size: int
+    mtime: float
+    etag: str | None
+    output_key: str
+    output_format: str
+    verify_sha256: str = ""
+    previous: LedgerEntry | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    items: list[WorkItem]
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:06d}"
+
+
+@dataclass(frozen=True)
+class SkipBatch:
+    """Rows decided without touching the files (already done, refused keys): written as one part."""
+
+    index: int
+    rows: list[ManifestRow]
+
+    @property
+    def name(self) -> str:
+        return f"plan-{self.index:06d}"
+
+
+def extension_format(key: str) -> str | None:
+    """Pillow format implied by a key's extension, or None when it is not a scan extension."""
+    return _EXTENSION_FORMAT.get(os.path.splitext(key)[1].lower())
+
+
+def _unchanged(obj: ObjectInfo, entry: LedgerEntry) -> bool | None:
+    """True/False when size and ETag (S3) or mtime (local) settle it; None when only the bytes can."""
+    if obj.size != entry.size:
+        return False
+    if obj.etag:
+        return obj.etag == entry.etag
+    if format_mtime(obj.mtime) == entry.mtime:
+        return True
+    return None if entry.sha256 else False
+
+
+def _row(opts: RunOptions, source: Storage, obj: ObjectInfo, status: str, reason: str, **kw: object) -> ManifestRow:
+    return ManifestRow(
+        run_id=opts.run_id, source_uri=source.uri_for(obj.key), source_size=obj.size,
+        source_mtime=format_mtime(obj.mtime), source_etag=obj.etag or "", status=status, reason=reason,
+        **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEntry, why: str) -> ManifestRow:
+    """The ``skipped_done`` row of a source whose output from an earlier run stands."""
+    return _row(
+        opts,
+        source,
+        obj,
+        "skipped_done",
+        f"{why}; output already made by {entry.model_id}",
+        source_sha256=entry.sha256,
+        output_uri=entry.output_uri,
+        output_sha256=entry.output_sha256,
+        model_id=entry.model_id,
+    )
+
+
+def plan(
+    opts: RunOptions, source: Storage, dest: Storage, ledger: Ledger, skip_batch_size: int = 10_000
+) -> Iterator[Shard | SkipBatch]:
+    """Decide what to do with every scan under the source, as a stream of shards and skip batches.
+
+    Every listed scan ends up in exactly one shard or one skip batch.
+    """
+    outputs_seen: dict[str, str] = {}
+    existing: set[str] | None = None
+    nested = _nested_prefix(source, dest)
+    pending: list[WorkItem] = []
+    skipped: list[ManifestRow] = []
+    n_shards = n_skips = 0
+
+    for obj in source.list():
+        if nested and obj.key.startswith(nested):
+            continue  # the destination inside the source: never take our outputs for scans
+        fmt = extension_format(obj.key)
+        if fmt is None:
+            continue
+        try:
+            check_key(obj.key)
+        except UnsafeKeyError as err:
+            skipped.append(_row(opts, source, obj, "failed", f"refused: {err}; nothing written"))
+            continue
+        out_fmt = output_format(fmt, opts.output_format)
+        out_key = output_key(obj.key, fmt, out_fmt)
+        if out_key in outputs_seen:
+            skipped.append(_row(
+                opts, source, obj, "failed",
+                f"output {out_key} would overwrite the output of {outputs_seen[out_key]}; "
+                "use --output-format same, or rename one of them",
+            ))  # fmt: skip
+            continue
+        outputs_seen[out_key] = obj.key
+
+        entry = None if opts.force else ledger.get(source.uri_for(obj.key))
+        item = WorkItem(obj.key, obj.size, obj.mtime, obj.etag, out_key, out_fmt, previous=entry)
+        if entry is not None:
+            unchanged = _unchanged(obj, entry)
+            if entry.status in DONE_STATUSES and unchanged is not False:
+                if existing is None:
+                    existing = {o.key for o in dest.list()}
+                stale_model = opts.redo_older and entry.model_id != opts.model_id
+                if out_key in existing and not stale_model:
+                    if unchanged:
+                        skipped.append(done_row(opts, source, obj, entry, "unchanged since last run"))
+                        continue
+                    item = replace(item, verify_sha256=entry.sha256)
+            elif entry.status == "skipped_color" and unchanged and not opts.colorize_color:
+                skipped.append(_row(
+                    opts, source, obj, "skipped_color",
+                    f"unchanged since run {entry.run_id}, which found it already in colour",
+                    source_sha256=entry.sha256,
+                ))  # fmt: skip
+                continue
+        pending.append(item)
+
+        if len(pending) >= opts.shard_size:
+            n_shards += 1
+            yield Shard(n_shards, pending)
+            pending = []
+        if len(skipped) >= skip_batch_size:
+            n_skips += 1
+            yield SkipBatch(n_skips, skipped)
+            skipped = []
+    if pending:
+        yield Shard(n_shards + 1, pending)
+    if skipped:
+        yield SkipBatch(n_skips + 1, skipped)
+
+
+def _nested_prefix(source: Storage, dest: Storage) -> str:
+    """The destination's key prefix inside the source, when the destination lies within it."""
+    src, dst = source.uri.rstrip("/") + "/", dest.uri.rstrip("/") + "/"
+    return dst[len(src) :] if dst.startswith(src) and dst != src else ""

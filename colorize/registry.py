@@ -1,0 +1,105 @@
+"""A model registry: a folder or S3 prefix of versions, plus aliases such as ``production``.
+
+Layout::
+
+    REG/versions/v1/generator.safetensors
+    REG/versions/v1/card.json
+    REG/versions/v2/...
+    REG/aliases.json          {"production": "v2"}
+
+A version folder is an ordinary model folder, so ``--model REG/versions/v2`` loads it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import torch
+
+from colorize.modelfile import CARD_FILE, LoadedModel, load_safetensors_model, save_model
+from colorize.modelfile import WEIGHTS_FILE as WEIGHTS
+from colorize.storage import Storage, open_storage
+
+ALIASES_FILE = "aliases.json"
+PRODUCTION = "production"
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+class Registry:
+    """Versions of a model under one storage root."""
+
+    def __init__(self, uri: str, storage: Storage | None = None):
+        self.storage = storage or open_storage(uri)
+        self.uri = self.storage.uri
+
+    def versions(self) -> list[str]:
+        """Version names, oldest first."""
+        found: set[str] = set()
+        for obj in self.storage.list("versions/"):
+            parts = obj.key.split("/")
+            if len(parts) == 3 and parts[2] == CARD_FILE and _VERSION.match(parts[1]):
+                found.add(parts[1])
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def aliases(self) -> dict[str, str]:
+        try:
+            return json.loads(self.storage.read_bytes(ALIASES_FILE))
+        except FileNotFoundError:
+            return {}
+
+    def resolve(self, ref: str) -> str:
+        """A version name from a version name or an alias."""
+        aliases = self.aliases()
+        if ref in aliases:
+            return aliases[ref]
+        if _VERSION.match(ref):
+            return ref
+        raise KeyError(f"registry {self.uri} has no version or alias {ref!r} (aliases: {sorted(aliases)})")
+
+    def card(self, ref: str) -> dict[str, Any]:
+        version = self.resolve(ref)
+        try:
+            return json.loads(self.storage.read_bytes(f"versions/{version}/{CARD_FILE}"))
+        except FileNotFoundError:
+            raise KeyError(f"registry {self.uri} has no version {version}") from None
+
+    def load(self, ref: str) -> LoadedModel:
+        """Load a version (or alias) for inference."""
+        from colorize.modelfile import ModelNotFoundError
+
+        try:
+            version = self.resolve(ref)
+        except KeyError as err:
+            raise ModelNotFoundError(str(err.args[0])) from None
+        card = self.card(version)
+        return load_safetensors_model(self.storage.read_bytes(f"versions/{version}/{WEIGHTS}"), card)
+
+    def version_uri(self, ref: str) -> str:
+        return self.storage.uri_for(f"versions/{self.resolve(ref)}")
+
+    def register(self, generator: torch.nn.Module, card: dict[str, Any], dtype: torch.dtype = torch.float32) -> str:
+        """Store a new version; return its name (``v1``, ``v2``, ...).
+
+        The model's name becomes ``<card name>-<version>``, so its ``model_id`` says where it came from.
+        """
+        existing = self.versions()
+        version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
+        name = f"{card.get('name', 'model')}-{version}"
+        save_model(
+            self.storage,
+            generator,
+            {**card, "name": name, "version": version},
+            dtype=dtype,
+            prefix=f"versions/{version}/",
+        )
+        return version
+
+    def promote(self, version: str, alias: str = PRODUCTION) -> None:
+        """Point ``alias`` at ``version``."""
+        version = self.resolve(version)
+        self.card(version)  # raises when missing
+        aliases = self.aliases()
+        aliases[alias] = version
+        self.storage.write_bytes(ALIASES_FILE, json.dumps(aliases, indent=2).encode(), "application/json")

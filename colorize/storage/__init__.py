@@ -1,0 +1,104 @@
+"""Where scans, outputs, manifests and models live: a local folder or an S3 prefix.
+
+One small interface, :class:`Storage`, with two implementations. Keys are always relative,
+``/``-separated, and checked by :func:`check_key` before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class UnsafeKeyError(ValueError):
+    """A key that would map outside its storage root."""
+
+
+class StorageError(RuntimeError):
+    """A fault that stops a run: missing bucket or folder, access denied, unreachable endpoint."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object.
+
+    Attributes:
+        key: path relative to the storage root, ``/``-separated.
+        size: bytes.
+        mtime: last modification, seconds since the epoch (S3: LastModified).
+        etag: S3 ETag (quotes stripped); None for local files.
+    """
+
+    key: str
+    size: int
+    mtime: float
+    etag: str | None = None
+
+
+class Storage(Protocol):
+    """A root (folder or bucket prefix) holding objects addressed by relative keys."""
+
+    uri: str
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix``, recursively, lazily (never the whole listing at once)."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The object's info, or None when it does not exist."""
+        ...
+
+    def read_bytes(self, key: str) -> bytes:
+        """The whole object. Raises FileNotFoundError when it does not exist."""
+        ...
+
+    def write_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Write the whole object atomically: readers see the old object or the new one, never a part."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; no error when it is already gone."""
+        ...
+
+    def uri_for(self, key: str) -> str:
+        """The full URI of a key, as recorded in manifests."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape a storage root; return the key unchanged when it is safe.
+
+    Refused: empty keys, a leading ``/``, backslashes, empty segments (``a//b``), and ``.`` or ``..``
+    segments.
+    """
+    if not key:
+        raise UnsafeKeyError("empty key")
+    if key.startswith("/"):
+        raise UnsafeKeyError(f"key {key!r} is absolute (leading '/')")
+    if "\\" in key:
+        raise UnsafeKeyError(f"key {key!r} contains a backslash")
+    if "\x00" in key:
+        raise UnsafeKeyError(f"key {key!r} contains a NUL byte")
+    for part in key.split("/"):
+        if part == "":
+            raise UnsafeKeyError(f"key {key!r} has an empty path segment")
+        if part in (".", ".."):
+            raise UnsafeKeyError(f"key {key!r} has a {part!r} segment")
+    return key
+
+
+def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
+    """The storage for ``uri``: ``s3://bucket/prefix``, ``file:///path`` or a plain path."""
+    if uri.startswith("s3://"):
+        from colorize.storage.s3 import S3Storage  # boto3 is imported only for S3 URIs
+
+        return S3Storage(uri, endpoint_url=endpoint_url)
+    from colorize.storage.local import LocalStorage
+
+    return LocalStorage(uri)
+
+
+def join_uri(base: str, key: str) -> str:
+    """``base`` + ``/`` + ``key`` for URIs and paths alike."""
+    return base.rstrip("/") + "/" + key

@@ -1,0 +1,206 @@
+"""Training pairs: finding them in the three layouts curators use, and loading them checked.
+
+Layouts:
+
+* Victorian400: ``gray/``, ``resized/`` and ``original/`` side by side, matched by file name;
+  the colour image comes from ``original/`` when present there, else from ``resized/``;
+* a folder of colour photos only: the gray is derived as each photo's luminance;
+* a CSV with ``gray_uri`` and ``color_uri`` columns (relative paths are relative to the CSV).
+
+A bad pair never stops training: it is reported with its reason and left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from colorize.color import luma
+from colorize.detect import detect_colour
+from colorize.imaging import SCAN_EXTENSIONS, ScanError, decode_rgb, decode_scan
+from colorize.storage import join_uri, open_storage
+
+# Gray and colour of one pair may differ in size (gray/ at 256 beside original/ at full size), but
+# must have the same shape: aspect ratios further apart than this are different pictures.
+ASPECT_TOLERANCE = 0.02
+
+
+class PairError(ValueError):
+    """A pair that cannot be trained on; ``str(err)`` says why."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example. ``gray_uri`` None means: derive the gray from the colour image."""
+
+    name: str
+    color_uri: str
+    gray_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class PairProblem:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedPair:
+    """A checked pair, at the size it was loaded.
+
+    Attributes:
+        gray: (H, W) uint8 sRGB gray (the model's input side).
+        rgb: (H, W, 3) uint8 sRGB colour (the target side).
+        digest: sha256 over both files' bytes, for the training data's fingerprint.
+    """
+
+    name: str
+    gray: np.ndarray
+    rgb: np.ndarray
+    digest: str
+
+
+def _is_scan(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in SCAN_EXTENSIONS
+
+
+def _stems(uri: str, folder: str) -> dict[str, str]:
+    """File name -> URI for the scans directly in ``uri/folder``."""
+    storage = open_storage(join_uri(uri, folder))
+    try:
+        names = [o.key for o in storage.list() if "/" not in o.key and _is_scan(o.key)]
+    except Exception:  # noqa: BLE001 - a missing optional folder is simply empty
+        return {}
+    return {n: storage.uri_for(n) for n in names}
+
+
+def discover_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
+    """Find the pairs under ``uri`` (a folder, an S3 prefix, or a CSV file), sorted by name."""
+    if uri.lower().endswith(".csv"):
+        return _csv_pairs(uri)
+    root = open_storage(uri)
+    top = {o.key.split("/", 1)[0] for o in root.list() if "/" in o.key}
+    if "gray" in top and ("resized" in top or "original" in top):
+        return _victorian_pairs(root.uri)
+    pairs = [Pair(o.key, root.uri_for(o.key)) for o in root.list() if _is_scan(o.key)]
+    return sorted(pairs, key=lambda p: p.name), []
+
+
+def _victorian_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
+    gray, resized, original = _stems(uri, "gray"), _stems(uri, "resized"), _stems(uri, "original")
+    pairs, problems = [], []
+    for name in sorted(set(gray) | set(resized) | set(original)):
+        color = original.get(name) or resized.get(name)
+        if name not in gray:
+            problems.append(PairProblem(name, "missing partner: no gray/ image of this name"))
+        elif color is None:
+            problems.append(PairProblem(name, "missing partner: neither original/ nor resized/ has it"))
+        else:
+            pairs.append(Pair(name, color, gray[name]))
+    return pairs, problems
+
+
+def _csv_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
+    base, _, name = uri.rpartition("/")
+    frame = pd.read_csv(io.BytesIO(open_storage(base or ".").read_bytes(name)), dtype=str, keep_default_na=False)
+    missing = {"gray_uri", "color_uri"} - set(frame.columns)
+    if missing:
+        raise PairError(f"{uri} needs the columns gray_uri and color_uri; missing {sorted(missing)}")
+
+    def absolute(u: str) -> str:
+        return u if u.startswith(("s3://", "/", "file://")) else join_uri(base or ".", u)
+
+    pairs, problems = [], []
+    for i, (g, c) in enumerate(zip(frame["gray_uri"], frame["color_uri"], strict=True)):
+        label = c or g or f"row {i + 2}"
+        if not g or not c:
+            problems.append(PairProblem(label, f"missing partner on CSV row {i + 2}"))
+        else:
+            pairs.append(Pair(label, absolute(c), absolute(g)))
+    return pairs, problems
+
+
+def _read(uri: str) -> bytes:
+    base, _, name = uri.rpartition("/")
+    try:
+        return open_storage(base or ".").read_bytes(name)
+    except FileNotFoundError:
+        raise PairError(f"missing partner: {uri} does not exist") from None
+
+
+def _fit(img: np.ndarray, short_side: int | None) -> np.ndarray:
+    """Shrink so the short side is ``short_side`` (never enlarge); (H, W[, C]) uint8 in and out."""
+    if short_side is None or min(img.shape[:2]) <= short_side:
+        return img
+    h, w = img.shape[:2]
+    scale = short_side / min(h, w)
+    return cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def load_pair(pair: Pair, short_side: int | None = None) -> LoadedPair:
+    """Read, decode and check a pair, then shrink it to ``short_side``.
+
+    Raises:
+        PairError: missing partner, unreadable file, size mismatch, or a "colour" image that is gray.
+    """
+    color_bytes = _read(pair.color_uri)
+    try:
+        rgb = decode_rgb(color_bytes)
+    except ScanError as err:
+        raise PairError(f"unreadable colour image: {err}") from None
+    if not detect_colour(_fit(rgb, 256)).is_colour:
+        raise PairError("the colour image is gray (or toned monochrome): nothing to learn colour from")
+    digest = hashlib.sha256(color_bytes)
+    if pair.gray_uri is None:
+        gray = luma(rgb)
+    else:
+        gray_bytes = _read(pair.gray_uri)
+        digest.update(gray_bytes)
+        try:
+            g = decode_scan(gray_bytes)
+        except ScanError as err:
+            raise PairError(f"unreadable gray image: {err}") from None
+        gray = g.gray if g.bit_depth == 8 else (g.gray >> 8).astype(np.uint8)
+        (gh, gw), (ch, cw) = gray.shape, rgb.shape[:2]
+        if abs(gw / gh - cw / ch) > ASPECT_TOLERANCE * (cw / ch):
+            raise PairError(f"size mismatch: gray is {gw}x{gh}, colour is {cw}x{ch} (different shapes)")
+        if (gh, gw) != (ch, cw):
+            gray = cv2.resize(gray, (cw, ch), interpolation=cv2.INTER_AREA if gh > ch else cv2.INTER_CUBIC)
+    return LoadedPair(pair.name, _fit(gray, short_side), _fit(rgb, short_side), digest.hexdigest())
+
+
+def load_pairs(pairs: Iterable[Pair], short_side: int | None = None) -> tuple[list[LoadedPair], list[PairProblem]]:
+    """Load every pair; the bad ones come back as problems instead."""
+    loaded, problems = [], []
+    for pair in pairs:
+        try:
+            loaded.append(load_pair(pair, short_side))
+        except PairError as err:
+            problems.append(PairProblem(pair.name, str(err)))
+    return loaded, problems
+
+
+def is_validation(name: str, fraction: float) -> bool:
+    """Held-out membership fixed by a hash of the file name: stable as the pair set grows.
+
+    The hash is of the name without folder and extension, so a pair keeps its side of the split
+    when its files are converted (``x.webp`` -> ``x.jpg``) or moved.
+    """
+    stem = os.path.splitext(name.rsplit("/", 1)[-1])[0]
+    bucket = int(hashlib.sha256(stem.encode("utf-8")).hexdigest()[:8], 16) / 0x1_0000_0000
+    return bucket < fraction
+
+
+def fingerprint(pairs: Iterable[LoadedPair]) -> str:
+    """sha256 of the sorted (name, content digest) list: which data a model was trained on."""
+    h = hashlib.sha256()
+    for p in sorted(pairs, key=lambda p: p.name):
+        h.update(f"{p.name}\t{p.digest}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,13 @@
+"""Prefect flows over the ``colorize`` library.
+
+Prefect's ephemeral API server needs 26-29 s to start on a small 2-core machine, over its 20 s
+default: without a longer timeout the very first ``colorize run`` on a fresh machine fails. Set it
+here, before Prefect is imported, unless the user has chosen a value.
+"""
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The ephemeral server's telemetry writes to its SQLite database while the first flow run starts,
+# and then logs "database is locked"; a batch tool has no use for it.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

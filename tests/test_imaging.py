@@ -1,0 +1,145 @@
+"""Reading every kind of scan archives hold, and writing outputs that keep format, depth and DPI."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from colorize.imaging import ScanError, decode_scan, encode_image, output_format, output_key
+from tests.helpers import colour_image, encode, gray_image
+
+GRAY = gray_image(60, 80)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [("JPEG", {"quality": 95}), ("PNG", {}), ("TIFF", {}), ("WEBP", {"lossless": True}), ("BMP", {})],
+)
+def test_every_format_decodes_to_the_same_gray(fmt, options):
+    scan = decode_scan(encode(GRAY, fmt, **options))
+    assert scan.format == fmt and scan.gray.shape == (60, 80) and scan.bit_depth == 8
+    error = np.abs(scan.gray.astype(int) - GRAY)
+    assert (error.mean() <= 2 and error.max() <= 12) if fmt == "JPEG" else error.max() == 0
+
+
+def test_16bit_gray_tiff_stays_16bit():
+    gray16 = gray_image(40, 50, dtype=np.uint16)
+    scan = decode_scan(encode(gray16, "TIFF"))
+    assert scan.mode == "I;16" and scan.bit_depth == 16 and scan.gray.dtype == np.uint16
+    assert (scan.gray == gray16).all()
+
+
+def test_multipage_tiff_uses_the_first_page_and_counts_pages():
+    pages = [Image.fromarray(gray_image(30, 40, seed=i)) for i in range(3)]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    scan = decode_scan(buf.getvalue())
+    assert scan.pages == 3
+    assert (scan.gray == np.asarray(pages[0])).all()
+
+
+def test_exif_orientation_is_applied():
+    tall = gray_image(80, 40)  # portrait as seen
+    stored = np.rot90(tall, k=1)  # as a camera stores it, landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(stored)).save(buf, format="JPEG", quality=95, exif=exif)
+    scan = decode_scan(buf.getvalue())
+    assert scan.gray.shape == (80, 40)
+    assert np.abs(scan.gray.astype(int) - tall).mean() < 3
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16"])
+def test_modes_decode_with_their_mode_recorded(mode):
+    base = Image.fromarray(GRAY).convert("RGB")
+    if mode == "I;16":
+        img = Image.fromarray(gray_image(60, 80, dtype=np.uint16))
+    elif mode == "P":
+        img = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)
+    else:
+        img = base.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "TIFF" if mode in ("I;16",) else "PNG"
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    scan = decode_scan(buf.getvalue())
+    assert scan.mode == mode
+    assert scan.gray.shape == (60, 80)
+    if mode != "I;16":
+        tolerance = 6 if mode == "CMYK" else 1
+        assert np.abs(scan.gray.astype(int) - GRAY).mean() <= tolerance
+
+
+def test_alpha_is_composited_on_white():
+    rgba = np.zeros((10, 10, 4), np.uint8)  # black, fully transparent ...
+    rgba[:, :5, 3] = 255  # ... except the left half, opaque black
+    scan = decode_scan(encode(rgba, "PNG"))
+    assert (scan.gray[:, :5] == 0).all() and (scan.gray[:, 5:] == 255).all()
+    la = np.stack([np.zeros((10, 10), np.uint8), np.full((10, 10), 128, np.uint8)], axis=-1)
+    assert abs(int(decode_scan(encode(la, "PNG")).gray[0, 0]) - 127) <= 1
+
+
+def test_colour_sources_carry_a_small_preview_for_the_detector():
+    scan = decode_scan(encode(colour_image(600, 900), "PNG"))
+    assert scan.preview is not None and max(scan.preview.shape[:2]) == 256
+    assert decode_scan(encode(GRAY, "PNG")).preview is None
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    # A header that claims 30000 x 30000 with no pixel data behind it: decoding would fail as
+    # truncated, so the limit's message proves the check came first.
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    ihdr = (30000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 8-bit gray, 30000 x 30000
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+    with pytest.raises(ScanError, match=r"30000x30000 = 900.0 MP, over the limit of 200.0 MP"):
+        decode_scan(data)
+    with pytest.raises(ScanError, match="over the limit of 0.0 MP"):
+        decode_scan(encode(GRAY, "PNG"), max_pixels=100)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", r"empty file \(0 bytes\)"),
+        (b"just some text, not a picture\n" * 10, "not an image"),
+        (encode(GRAY, "JPEG")[:300], "truncated image header: the file ends early"),
+        (encode(gray_image(400, 400), "JPEG")[:20000], "truncated image data: the file ends early"),
+        (encode(GRAY, "PNG")[:60] + b"\x00" * 400, "(truncated|corrupt) image data"),
+        (b"GIF89a" + b"\x00" * 50, "(unsupported image format|corrupt|not an image)"),
+    ],
+    ids=["zero-byte", "non-image", "truncated-header", "truncated-data", "corrupt-png", "gif"],
+)
+def test_bad_files_get_specific_reasons(data, reason):
+    with pytest.raises(ScanError, match=reason):
+        decode_scan(data)
+
+
+def test_outputs_keep_format_bit_depth_and_dpi():
+    rgb = colour_image(30, 40)
+    for fmt in ("JPEG", "PNG", "TIFF", "WEBP", "BMP"):
+        img = Image.open(io.BytesIO(encode_image(rgb, fmt, dpi=(300, 300))))
+        assert img.format == fmt and img.size == (40, 30) and img.mode == "RGB"
+        if fmt in ("JPEG", "PNG", "TIFF"):
+            assert tuple(round(v) for v in img.info["dpi"]) == (300, 300)
+    rgb16 = colour_image(30, 40).astype(np.uint16) * 257
+    tiff16 = encode_image(rgb16, "TIFF", dpi=(600, 600))
+    import cv2
+
+    back = cv2.imdecode(np.frombuffer(tiff16, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and back.shape == (30, 40, 3)
+    assert (back[..., ::-1] == rgb16).all()
+    assert tuple(round(v) for v in Image.open(io.BytesIO(tiff16)).info["dpi"]) == (600, 600)
+
+
+def test_output_key_changes_only_the_extension_when_the_format_changes():
+    assert output_key("a/b/scan.TIF", "TIFF", "TIFF") == "a/b/scan.TIF"
+    assert output_key("a/b/scan.tif", "TIFF", "JPEG") == "a/b/scan.jpg"
+    assert output_format("TIFF", "same") == "TIFF" and output_format("PNG", "jpeg") == "JPEG"
+    with pytest.raises(ValueError):
+        output_format("PNG", "gif")

@@ -1,0 +1,263 @@
+"""End to end: real files, real Prefect flow runs, the manifest, reruns, and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from colorize import model_cache
+from colorize.imaging import decode_scan
+from colorize.manifest import COLUMNS
+from colorize.storage.local import TEMP_PREFIX
+from tests.helpers import encode, gray_image, make_archive, write
+
+
+@pytest.fixture
+def run(prefect_api_url):
+    from flows.colorize_archive import colorize_archive
+
+    def go(source: Path, dest: Path, model: Path, **kw):
+        return colorize_archive(source=str(source), dest=str(dest), model=str(model), **kw)
+
+    return go
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _manifest(dest: Path, run_id: str | None = None) -> pd.DataFrame:
+    path = dest / ("manifest.csv" if run_id is None else f"manifests/{run_id}.csv")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _by_key(frame: pd.DataFrame, source: Path) -> dict[str, pd.Series]:
+    return {str(Path(r.source_uri).relative_to(source)): r for r in frame.itertuples()}
+
+
+def test_first_run_colorizes_every_gray_scan_at_full_resolution(run, tmp_path, tiny_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    expected = make_archive(src)
+    before = _tree_hashes(src)
+    summary = run(src, dest, tiny_model, shard_size=4, batch_size=3)
+
+    assert _tree_hashes(src) == before  # sources are never modified
+    rows = _manifest(dest, summary.run_id)
+    assert list(rows.columns[: len(COLUMNS)]) == COLUMNS
+    by_key = _by_key(rows, src)
+    assert sorted(by_key) == sorted(expected)  # every listed scan exactly once; notes.txt not listed
+    assert {k: r.status for k, r in by_key.items()} == expected
+
+    for key, row in by_key.items():
+        if row.status != "colorized":
+            assert row.output_uri == "" and row.reason
+            continue
+        out = Path(row.output_uri)
+        assert out == dest / key  # mirrors the source's relative path and name
+        scan_in, scan_out = decode_scan((src / key).read_bytes()), decode_scan(out.read_bytes())
+        assert (scan_out.width, scan_out.height) == (scan_in.width, scan_in.height) == (int(row.width), int(row.height))
+        assert scan_out.format == scan_in.format and scan_out.preview is not None
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == row.output_sha256
+        assert row.source_sha256 == hashlib.sha256((src / key).read_bytes()).hexdigest()
+        assert row.model_id.startswith("tiny@") and row.worker
+
+    assert by_key["nested/c16.tif"].bit_depth == "16"
+    out16 = np.asarray(Image.open(dest / "nested/c16.tif"))
+    import cv2
+
+    assert cv2.imdecode(np.fromfile(dest / "nested/c16.tif", np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert out16.shape[:2] == (80, 100)
+    assert by_key["pages.tif"].pages == "2"
+    assert by_key["rotated.jpg"].width == "120" and by_key["rotated.jpg"].height == "160"
+    assert tuple(round(v) for v in Image.open(dest / "a.jpg").info["dpi"]) == (300, 300)
+    assert by_key["bad/empty.jpg"].reason == "empty file (0 bytes)"
+    assert by_key["bad/text.jpg"].reason.startswith("not an image")
+    assert by_key["bad/truncated.jpg"].reason.startswith("truncated image")
+    assert "backslash" in by_key["back\\slash.jpg"].reason
+    assert "already colour" in by_key["colour.jpg"].reason
+    assert not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+    assert not (dest / "back\\slash.jpg").exists()
+    assert summary.counts == {"colorized": 8, "skipped_color": 1, "failed": 4}
+
+
+def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    make_archive(src)
+    run(src, dest, tiny_model, shard_size=5)
+    outputs = {p: p.stat().st_mtime_ns for p in dest.rglob("*.jpg")}
+
+    second = run(src, dest, tiny_model, shard_size=5)
+    assert second.counts == {"skipped_done": 8, "skipped_color": 1, "failed": 4}
+    assert {p: p.stat().st_mtime_ns for p in dest.rglob("*.jpg")} == outputs  # nothing rewritten
+
+    write(src / "a.jpg", encode(gray_image(120, 160, seed=9), "JPEG"))  # new content
+    os.utime(src / "e.bmp")  # touched only: same bytes
+    write(src / "new/fresh.png", encode(gray_image(40, 40), "PNG"))
+    (dest / "d.webp").unlink()  # an output someone deleted
+    third = run(src, dest, tiny_model)
+    statuses = {k: r.status for k, r in _by_key(_manifest(dest, third.run_id), src).items()}
+    assert statuses["a.jpg"] == statuses["new/fresh.png"] == statuses["d.webp"] == "colorized"
+    assert statuses["e.bmp"] == "skipped_done"
+    assert (dest / "d.webp").exists()
+
+    ledger = _manifest(dest)
+    assert ledger["source_uri"].is_unique and len(ledger) == 14
+    for row in ledger.itertuples():
+        if row.status in ("colorized", "skipped_done"):
+            assert Path(row.output_uri).exists()
+
+
+def test_force_redo_older_and_colorize_color(run, tmp_path, tiny_model, other_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    make_archive(src)
+    run(src, dest, tiny_model)
+    same = run(src, dest, other_model)  # another model, default: what is done stays done
+    assert same.counts.get("colorized", 0) == 0
+    redo = run(src, dest, other_model, redo_older=True)
+    assert redo.counts["colorized"] == 8
+    again = run(src, dest, other_model, redo_older=True)
+    assert again.counts.get("colorized", 0) == 0  # now made by this model
+    forced = run(src, dest, other_model, force=True, colorize_color=True)
+    assert forced.counts["colorized"] == 9  # everything, the colour photo too (as gray)
+    row = _by_key(_manifest(dest, forced.run_id), src)["colour.jpg"]
+    assert row.status == "colorized" and row.model_id.startswith("other@")
+
+
+def test_forced_output_format_and_colliding_names(run, tmp_path, tiny_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    write(src / "x.jpg", encode(gray_image(50, 50), "JPEG"))
+    write(src / "x.tif", encode(gray_image(50, 50, seed=1), "TIFF"))
+    write(src / "y.tif", encode(gray_image(50, 60, seed=2), "TIFF"))
+    summary = run(src, dest, tiny_model, output_format="png")
+    rows = _by_key(_manifest(dest, summary.run_id), src)
+    assert rows["y.tif"].output_uri == str(dest / "y.png") and Image.open(dest / "y.png").format == "PNG"
+    assert sorted(r.status for r in rows.values()) == ["colorized", "colorized", "failed"]
+    assert "would overwrite the output of x.jpg" in rows["x.tif"].reason
+
+
+def test_summary_artifacts_and_one_model_load_per_process(run, tmp_path, tiny_model):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterName
+
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    for i in range(7):
+        write(src / f"s{i}.png", encode(gray_image(40, 50, seed=i), "PNG"))
+    model_cache._colorizer.cache_clear()
+    state = __import__("flows.colorize_archive", fromlist=["x"]).colorize_archive(
+        source=str(src), dest=str(dest), model=str(tiny_model), shard_size=2, return_state=True
+    )
+    assert model_cache.loads() == 1  # four shards, one load
+    summary = state.result()
+    with get_client(sync_client=True) as client:
+        flow_run_id = state.state_details.flow_run_id
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[client.read_flow_run(flow_run_id).name]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert runs and by_key["colorize-run-counts"].type == "table"
+    assert '"files": 7' in str(by_key["colorize-run-counts"].data).replace("'", '"')
+    assert summary.run_id in by_key["colorize-run-summary"].data
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "colorize.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
+    src = tmp_path / "scans"
+    write(src / "ok.png", encode(gray_image(40, 40), "PNG"))
+    write(src / "broken.jpg", b"nope")
+    done = _cli(["run", str(src), str(tmp_path / "out"), "--model", str(tiny_model), "--batch-size", "2"], cli_env)
+    assert done.returncode == 0, done.stderr
+    assert "colorized 1, failed 1" in done.stdout
+
+    missing = _cli(["run", str(tmp_path / "nothing-here"), str(tmp_path / "out2"), "--model", str(tiny_model)], cli_env)
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+    no_model = _cli(["run", str(src), str(tmp_path / "out3"), "--model", str(tmp_path / "no-model")], cli_env)
+    assert no_model.returncode != 0 and "--model" in no_model.stderr
+    assert not (tmp_path / "out3" / "ok.png").exists()
+
+
+def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    for i in range(24):
+        write(src / f"d{i // 8}/s{i:02d}.png", encode(gray_image(300, 400, seed=i), "PNG"))
+    args = ["run", str(src), str(dest), "--model", str(tiny_model), "--shard-size", "2", "--batch-size", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "colorize.cli", *args], env=cli_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = 240
+        import time
+
+        start = time.time()
+        while time.time() - start < deadline:
+            parts = list((dest / "manifests").rglob("shard-*.csv")) if (dest / "manifests").exists() else []
+            if len(parts) >= 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run never wrote a shard manifest")
+    finally:
+        proc.kill()
+        proc.wait()
+    killed_outputs = {p.relative_to(dest) for p in dest.rglob("*.png")}
+    for p in dest.rglob("*.png"):
+        decode_scan(p.read_bytes())  # every output there is whole
+
+    done = _cli(args, cli_env)
+    assert done.returncode == 0, done.stderr
+    runs = sorted((dest / "manifests").glob("*.csv"))
+    assert len(runs) == 2  # the killed run's records were folded in, and the new run's
+    last = _manifest(dest, runs[-1].stem)  # run ids sort by start time
+    assert len(last) == 24 and last["source_uri"].is_unique
+    assert set(last["status"]) <= {"colorized", "skipped_done"}
+    recorded_before = set(_manifest(dest, runs[0].stem)["source_uri"])
+    assert len(recorded_before) >= 2
+    redone = set(last[last["status"] == "colorized"]["source_uri"])
+    assert not (redone & recorded_before)  # what the killed run recorded is not done twice
+    ledger = _manifest(dest)
+    assert len(ledger) == 24 and all(Path(u).exists() for u in ledger["output_uri"])
+    assert killed_outputs <= {p.relative_to(dest) for p in dest.rglob("*.png")}
+    assert not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+    assert not [p for p in (dest / "manifests").iterdir() if p.is_dir()]
+
+
+def test_library_never_imports_prefect():
+    code = (
+        "import pkgutil, importlib, sys, colorize\n"
+        "for m in pkgutil.walk_packages(colorize.__path__, 'colorize.'):\n"
+        "    if m.name != 'colorize.cli':\n"
+        "        importlib.import_module(m.name)\n"
+        "assert 'prefect' not in sys.modules, 'prefect imported'\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.slow
+def test_first_run_on_a_fresh_machine_starts_its_own_prefect(tmp_path, tiny_model):
+    """No server configured, empty Prefect home: the ephemeral server must come up the first time."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "fresh-home")
+    src = tmp_path / "scans"
+    write(src / "one.png", encode(gray_image(40, 40), "PNG"))
+    done = _cli(["run", str(src), str(tmp_path / "out"), "--model", str(tiny_model)], env, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "one.png").exists()

@@ -1,0 +1,58 @@
+"""Local storage: atomic whole-object writes, safe keys, lazy sorted listing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from colorize.storage import UnsafeKeyError, check_key, open_storage
+from colorize.storage.local import TEMP_PREFIX
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "a/../../b", "a\\b", "a//b", "./a", "a/./b", "a/", "..", "a\x00b"])
+def test_keys_that_could_escape_are_refused(key):
+    with pytest.raises(UnsafeKeyError):
+        check_key(key)
+
+
+def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
+    store = open_storage(str(tmp_path))
+    store.write_bytes("a/b/c.jpg", b"one")
+    store.write_bytes("a/b/c.jpg", b"two")
+    assert (tmp_path / "a/b/c.jpg").read_bytes() == b"two"
+    assert not [n for n in os.listdir(tmp_path / "a/b") if n.startswith(TEMP_PREFIX)]
+    with pytest.raises(UnsafeKeyError):
+        store.write_bytes("../outside.jpg", b"x")
+    assert not (tmp_path.parent / "outside.jpg").exists()
+
+
+def test_a_failed_write_keeps_the_old_object(tmp_path, monkeypatch):
+    store = open_storage(str(tmp_path))
+    store.write_bytes("x.bin", b"old")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        store.write_bytes("x.bin", b"new, never complete")
+    assert (tmp_path / "x.bin").read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["x.bin"]
+
+
+def test_listing_is_recursive_sorted_and_skips_hidden_and_temporary_files(tmp_path):
+    for name in ["b/2.png", "a.jpg", "b/1.png", ".hidden.jpg", f"b/{TEMP_PREFIX}123", ".git/x.jpg"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    keys = [o.key for o in open_storage(str(tmp_path)).list()]
+    assert keys == ["a.jpg", "b/1.png", "b/2.png"]
+    assert open_storage(f"file://{tmp_path}").uri == str(tmp_path)
+
+
+def test_delete_removes_folders_it_empties(tmp_path):
+    store = open_storage(str(tmp_path))
+    store.write_bytes("m/run/part.csv", b"x")
+    store.delete("m/run/part.csv")
+    store.delete("m/run/part.csv")  # already gone: no error
+    assert not (tmp_path / "m").exists() and tmp_path.exists()
