@@ -1,0 +1,1 @@
+"""Training: curated pairs in, a better model (maybe) out."""
