@@ -1,0 +1,271 @@
+"""S3 (and S3-compatible) storage: one bucket prefix as a storage root.
+
+The only module that imports boto3. Credentials come from boto3's default chain (environment,
+profile, SSO, container or instance role); the endpoint from ``endpoint_url``, else from what
+boto3 itself reads (``AWS_ENDPOINT_URL_S3``, ``AWS_ENDPOINT_URL``, the profile), else AWS.
+
+Faults are sorted into three kinds, because they call for different reactions:
+
+- a missing object on read: :class:`FileNotFoundError` (that file is recorded as failed);
+- a fault of the storage itself, which would fail every file the same way (no such bucket,
+  access denied, bad credentials, an endpoint that stays unreachable or keeps failing after
+  botocore's retries): :class:`~colorize.storage.StorageError`, which stops the run;
+- anything else about one object (e.g. an archived object, a body cut off mid-read, which
+  botocore does not retry): :class:`OSError` naming the object, recorded against that file.
+
+Transient faults (5xx, throttling, dropped connections) are retried by botocore itself (standard
+retry mode) before any of this applies. Messages carry the bucket, the key and S3's error code and
+message, never request headers or anything from the credentials.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import boto3.session
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+)
+
+from colorize.storage import ObjectInfo, StorageError, check_key
+
+MiB = 1024 * 1024
+# Below this, one PutObject; above, a multipart upload by boto3's transfer manager. S3 takes up
+# to 5 GiB in one PUT, but a multipart upload retries a failed part, not the whole object.
+DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
+MIN_PART_SIZE = 5 * MiB  # S3's smallest part (all but the last)
+# Attempts per request (the first try included), with botocore's exponential backoff and jitter
+# between them: at most ~6 s of back-off in all for 5xx answers and dropped connections, ~70 s
+# when S3 says to slow down, before a fault counts as permanent and stops the run.
+DEFAULT_MAX_ATTEMPTS = 8
+
+# Error codes that say the bucket, the credentials or the permissions are wrong: every other
+# object would fail the same way, so the run stops instead of recording each file as failed.
+# Throttling codes are here too: they reach us only once botocore's retries are spent.
+FATAL_CODES = frozenset({
+    "AccessDenied", "AllAccessDisabled", "AccountProblem", "AuthorizationHeaderMalformed",
+    "ExpiredToken", "InvalidAccessKeyId", "InvalidBucketName", "InvalidToken", "NoSuchBucket",
+    "PermanentRedirect", "RequestTimeTooSkewed", "SignatureDoesNotMatch", "TokenRefreshRequired",
+    "SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+})  # fmt: skip
+# Faults of one object that S3 answers with a status that would otherwise read as fatal (an
+# archived object is a 403): that file fails, the run goes on.
+_OBJECT_CODES = frozenset({"InvalidObjectState", "KeyTooLongError", "EntityTooLarge", "InvalidRange"})
+# A HEAD has no body, so a missing object there is just "404".
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_HINTS = {
+    "NoSuchBucket": "check the bucket name and the endpoint",
+    "AccessDenied": "check the IAM policy (README, section S3)",
+    "AllAccessDisabled": "check the IAM policy (README, section S3)",
+    "InvalidAccessKeyId": "check the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and the endpoint",
+    "SignatureDoesNotMatch": "check the credentials (AWS_SECRET_ACCESS_KEY / AWS_PROFILE)",
+    "ExpiredToken": "the session credentials have expired; renew them",
+    "PermanentRedirect": "the bucket is in another region; set AWS_DEFAULT_REGION",
+    "RequestTimeTooSkewed": "this machine's clock is off; synchronise it",
+}
+_CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, ProfileNotFound)
+
+_session_lock = threading.Lock()
+_session: boto3.session.Session | None = None
+
+
+def parse_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` -> ``("bucket", "some/prefix")``; the prefix may be empty."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an S3 URI: {uri!r} (expected s3://bucket/prefix)")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"S3 URI {uri!r} names no bucket (expected s3://bucket/prefix)")
+    return bucket, prefix.strip("/")
+
+
+def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Config:
+    """botocore's own retries (standard mode: 5xx, throttling, dropped connections) and timeouts."""
+    return Config(
+        # total_max_attempts counts the first try; botocore's older "max_attempts" key counts retries only.
+        retries={"mode": "standard", "total_max_attempts": max_attempts},
+        connect_timeout=10,
+        read_timeout=60,
+        # Two thread pools of up to 8 (process.io_workers) share one client, plus upload parts.
+        max_pool_connections=32,
+    )
+
+
+def _new_client(endpoint_url: str | None, max_attempts: int) -> Any:
+    """An S3 client from one session per process, so credentials are resolved (and refreshed) once.
+
+    Creating clients from one session is not thread-safe, hence the lock; the clients themselves are.
+    """
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        # endpoint_url=None lets botocore apply AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / the profile.
+        return _session.client("s3", endpoint_url=endpoint_url, config=client_config(max_attempts))
+
+
+class S3Storage:
+    """Objects under ``s3://bucket/prefix``, addressed by keys relative to the prefix.
+
+    Args:
+        uri: ``s3://bucket`` or ``s3://bucket/prefix`` (a trailing ``/`` makes no difference).
+        endpoint_url: an S3-compatible endpoint (MinIO, Ceph, R2, ...); None for boto3's own choice.
+        client: an S3 client to use instead of making one (tests, custom sessions).
+        multipart_threshold: objects of at least this many bytes are uploaded in parts.
+        max_attempts: attempts per request (the first included) before a fault counts as permanent.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        endpoint_url: str | None = None,
+        client: Any = None,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ):
+        self.bucket, self.prefix = parse_uri(uri)
+        self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        self._root = f"{self.prefix}/" if self.prefix else ""
+        self._client = client if client is not None else _new_client(endpoint_url, max_attempts)
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=max(multipart_threshold, MIN_PART_SIZE),
+            max_concurrency=4,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.uri!r})"
+
+    def _key(self, key: str) -> str:
+        """The full object key of a checked relative key."""
+        return self._root + check_key(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix``, in S3's key order, one page (1000 keys) fetched at a time.
+
+        Keys are yielded as S3 has them, unsafe ones included (``a//b``, ``..``), so that the caller
+        can refuse and record them; only "folder" markers (keys ending in ``/``) are left out.
+        """
+        full_prefix = self._root + prefix
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
+        with self._faults("list_objects_v2", full_prefix, what="prefix"):
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    if not obj["Key"].endswith("/"):
+                        yield self._info(obj["Key"][len(self._root) :], obj)
+
+    @staticmethod
+    def _info(key: str, meta: dict[str, Any]) -> ObjectInfo:
+        """ObjectInfo from a listing entry (Size, ETag) or a HEAD response (ContentLength, ETag)."""
+        size = meta["Size"] if "Size" in meta else meta["ContentLength"]
+        return ObjectInfo(key=key, size=int(size), mtime=meta["LastModified"].timestamp(), etag=meta["ETag"].strip('"'))
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """HEAD the object; None when S3 answers 404 (a HEAD has no error body, so a missing bucket
+        reads as a missing object here: the listing, which every run starts with, tells them apart)."""
+        full = self._key(key)
+        try:
+            with self._faults("head_object", full):
+                head = self._client.head_object(Bucket=self.bucket, Key=full)
+        except FileNotFoundError:
+            return None
+        return self._info(key, head)
+
+    def read_bytes(self, key: str) -> bytes:
+        full = self._key(key)
+        with self._faults("get_object", full):
+            body = self._client.get_object(Bucket=self.bucket, Key=full)["Body"]
+        try:
+            return body.read()
+        except BotoCoreError as err:
+            # botocore retries requests, not a body cut off half-way: this file fails, the run goes on.
+            raise OSError(f"S3 get_object on bucket '{self.bucket}' (key '{full}'): body cut off: {err}") from None
+
+    def write_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """One PUT, or a multipart upload from ``multipart_threshold`` bytes: whole objects only.
+
+        S3 makes an object visible only when its PUT or its multipart upload completes, so readers
+        see the old object or the new one; a failed multipart upload is aborted by boto3.
+        """
+        full = self._key(key)
+        if len(data) < self._transfer.multipart_threshold:
+            with self._faults("put_object", full):
+                self._client.put_object(Bucket=self.bucket, Key=full, Body=data, ContentType=content_type)
+            return
+        with self._faults("upload_fileobj", full):
+            self._client.upload_fileobj(
+                io.BytesIO(data), self.bucket, full, ExtraArgs={"ContentType": content_type}, Config=self._transfer
+            )
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        with self._faults("delete_object", full):
+            self._client.delete_object(Bucket=self.bucket, Key=full)  # S3 answers 204 for a missing key too
+
+    def uri_for(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._root}{key}"
+
+    def presign(self, key: str, expires_in: int) -> str:
+        """A time-limited HTTPS GET link to one object (for run reports opened in a browser).
+
+        Such a link is a bearer capability by design: it carries the access key ID (never the
+        secret) and, under temporary credentials, the session token, and works for anyone until it
+        expires. SigV4 caps ``expires_in`` at 7 days; a session token's own expiry may come first.
+        """
+        full = self._key(key)
+        with self._faults("generate_presigned_url", full):
+            return str(self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=int(expires_in)
+            ))  # fmt: skip
+
+    @contextmanager
+    def _faults(self, operation: str, key: str, what: str = "key") -> Iterator[None]:
+        """Translate boto3's exceptions into ours (see the module docstring)."""
+        where = f"S3 {operation} on bucket '{self.bucket}' ({what} '{key}')"
+        try:
+            yield
+        except ClientError as err:
+            _raise_client_error(where, err)
+        except _CREDENTIAL_ERRORS as err:
+            raise StorageError(
+                f"{where} failed: no usable AWS credentials ({type(err).__name__}); "
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            ) from None
+        except (ConnectionError, HTTPClientError) as err:
+            raise StorageError(
+                f"{where} failed after retries: {type(err).__name__}: {err}; "
+                "check the endpoint (--endpoint-url / AWS_ENDPOINT_URL) and the network"
+            ) from None
+        except BotoCoreError as err:
+            raise StorageError(f"{where} failed: {type(err).__name__}: {err}") from None
+
+
+def _raise_client_error(where: str, err: ClientError) -> NoReturn:
+    """FileNotFoundError for a missing object, StorageError for a fault of the storage, else OSError."""
+    # Only the error's code and message are used: S3's error body for a bad signature also
+    # carries the access key id and the string to sign, which have no place in a message.
+    error = err.response.get("Error", {})
+    code = str(error.get("Code") or "")
+    message = str(error.get("Message") or "")
+    status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    detail = f"{code or status}: {message}".rstrip(": ")
+    # `from None` everywhere: the chained ClientError would only repeat this, less clearly.
+    if code in _MISSING_CODES:
+        raise FileNotFoundError(f"{where}: no such object") from None
+    if code not in _OBJECT_CODES and (code in FATAL_CODES or status in (301, 401, 403, 429) or status >= 500):
+        hint = _HINTS.get(code) or ("the service kept failing after retries" if status >= 500 else "")
+        raise StorageError(f"{where} failed: {detail}" + (f"; {hint}" if hint else "")) from None
+    raise OSError(f"{where} failed: {detail}") from None
