@@ -1,0 +1,380 @@
+"""Provenance (issue 10): every output says, inside the file, that it is machine-coloured, from which
+scan, by which model; the scan's own metadata survives; signed outputs carry C2PA Content Credentials.
+
+Outputs are written by exiv2 (pyexiv2) and c2pa-rs; they are read back here with Pillow and the
+standard library's ElementTree wherever possible, so that one library does not vouch for itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import c2pa
+import cv2
+import numpy as np
+import pandas as pd
+import pyexiv2
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from PIL import Image, IptcImagePlugin
+from typer.testing import CliRunner
+
+from colorize import __version__
+from colorize.cli import app
+from colorize.manifest import COLUMNS, ManifestRow, read_csv, to_frame, write_csv
+from colorize.plan import RunOptions
+from colorize.provenance import (
+    DIGITAL_SOURCE_TYPE,
+    NS,
+    ProvenanceError,
+    ProvenanceInfo,
+    embed,
+    load_signing_key,
+    provenance_xmp,
+)
+from colorize.storage import open_storage
+from tests.helpers import encode, gray_image, write
+
+RDF, XML_LANG = NS["rdf"], "{http://www.w3.org/XML/1998/namespace}lang"
+SOURCE_TITLE, SOURCE_CREATOR, SOURCE_RIGHTS = "Harbour at dawn, 1921", "A. Photographer", "CC BY 4.0, City Archive"
+SOURCE_DESCRIPTION = "Fishing boats in the harbour"
+OUTPUTS = ["cat/harbour.jpg", "b.png", "c8.tif", "c16.tif", "d.webp"]  # every format that carries XMP
+
+
+# --- making files ---------------------------------------------------------------------------------
+
+
+def _source_xmp() -> bytes:
+    """A cataloguing packet as an archive's DAM writes it: title, creator, rights, a description."""
+    meta = ET.Element(f"{{{NS['x']}}}xmpmeta")
+    desc = ET.SubElement(ET.SubElement(meta, f"{{{RDF}}}RDF"), f"{{{RDF}}}Description", {f"{{{RDF}}}about": ""})
+    desc.set(f"{{{NS['tiff']}}}Orientation", "1")  # about the scan's pixels: must not reach the output
+    for name, text in (("title", SOURCE_TITLE), ("rights", SOURCE_RIGHTS), ("description", SOURCE_DESCRIPTION)):
+        alt = ET.SubElement(ET.SubElement(desc, f"{{{NS['dc']}}}{name}"), f"{{{RDF}}}Alt")
+        ET.SubElement(alt, f"{{{RDF}}}li", {XML_LANG: "x-default"}).text = text
+    seq = ET.SubElement(ET.SubElement(desc, f"{{{NS['dc']}}}creator"), f"{{{RDF}}}Seq")
+    ET.SubElement(seq, f"{{{RDF}}}li").text = SOURCE_CREATOR
+    return ET.tostring(meta, encoding="utf-8")
+
+
+def _catalogued_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x013B], exif[0x8298], exif[0x010E] = SOURCE_CREATOR, SOURCE_RIGHTS, SOURCE_DESCRIPTION
+    return encode(gray_image(120, 160), "JPEG", quality=92, dpi=(300, 300), exif=exif, xmp=_source_xmp())
+
+
+def _scans(root: Path) -> Path:
+    write(root / "cat/harbour.jpg", _catalogued_jpeg())
+    write(root / "b.png", encode(gray_image(90, 70, seed=1), "PNG"))
+    write(root / "c8.tif", encode(gray_image(80, 100, seed=2), "TIFF"))
+    write(root / "c16.tif", encode(gray_image(80, 100, seed=3, dtype=np.uint16), "TIFF"))
+    write(root / "d.webp", encode(gray_image(64, 96, seed=4), "WEBP", quality=90))
+    write(root / "e.bmp", encode(gray_image(50, 60, seed=5), "BMP"))
+    return root
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "T")])
+
+
+def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, ca_key, leaf: bool, eku=True):
+    """ES256 certificates as C2PA wants them: a CA, and leaves with digitalSignature (+ an accepted EKU)."""
+    now = dt.datetime.now(dt.UTC)
+    usage = dict.fromkeys(("content_commitment", "key_encipherment", "data_encipherment", "key_agreement"), False)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer.subject if issuer else _name(subject))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=not leaf, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=leaf,
+                key_cert_sign=not leaf,
+                crl_sign=not leaf,
+                encipher_only=False,
+                decipher_only=False,
+                **usage,
+            ),
+            critical=True,
+        )  # fmt: skip
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    if leaf and eku:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+    return builder.sign(ca_key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway chain: a root CA, a good leaf, and a leaf without an extended key usage."""
+    folder = tmp_path_factory.mktemp("certs")
+    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = _cert("Test Root CA", root_key, None, root_key, leaf=False)
+    key_pem = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    files = {
+        "root": _pem(root),
+        "chain": _pem(_cert("Test Archive Signer", leaf_key, root, root_key, leaf=True)) + _pem(root),
+        "no_eku": _pem(_cert("No EKU", leaf_key, root, root_key, leaf=True, eku=False)) + _pem(root),
+        "key": key_pem,
+    }
+    return {name: write(folder / f"{name}.pem", data) for name, data in files.items()}
+
+
+# --- reading files back (Pillow + ElementTree, not exiv2) -----------------------------------------
+
+
+def _packet(path: Path) -> bytes:
+    img = Image.open(path)
+    packet = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
+    if packet is None and img.format == "TIFF":
+        packet = img.tag_v2.get(700)
+    assert packet, f"{path.name}: no XMP packet"
+    return packet.encode() if isinstance(packet, str) else bytes(packet)
+
+
+def _xmp(path: Path) -> dict[str, str | list[str]]:
+    """Every property of a packet: ``prefix:name`` -> text, or the rdf:li texts of an array."""
+    prefixes = {uri: prefix for prefix, uri in NS.items()}
+    props: dict[str, str | list[str]] = {}
+    for desc in ET.fromstring(_packet(path)).iter(f"{{{RDF}}}Description"):
+        items = [*desc.attrib.items(), *((c.tag, c) for c in desc)]
+        for tag, value in items:
+            uri, _, name = tag[1:].partition("}")
+            key = f"{prefixes.get(uri, uri)}:{name}"
+            if isinstance(value, str):
+                props[key] = value
+            elif value.find(f".//{{{RDF}}}li") is not None:
+                props[key] = [li.text or "" for li in value.iter(f"{{{RDF}}}li")]
+            elif len(value) or value.attrib:  # a struct (xmpMM:DerivedFrom), in element or attribute form
+                fields = {k: v for k, v in value.attrib.items() if k != f"{{{RDF}}}parseType"}
+                fields.update({c.tag: c.text or "" for c in value})
+                props.update({f"{key}/{k.partition('}')[2]}": v for k, v in fields.items()})
+            else:
+                props[key] = value.text or ""
+    return props
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _rows(dest: Path, run_id: str) -> dict[str, pd.Series]:
+    frame = pd.read_csv(dest / f"manifests/{run_id}.csv", dtype=str, keep_default_na=False)
+    return {r.source_uri.split("/scans/", 1)[1]: r for r in frame.itertuples()}
+
+
+def _card(model: Path) -> dict:
+    return json.loads((model / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def marked(prefect_api_url, tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
+    """One run over every output format, unsigned."""
+    from flows.colorize_archive import colorize_archive
+
+    root = tmp_path_factory.mktemp("marked")
+    src, dest = _scans(root / "scans"), root / "colour"
+    summary = colorize_archive(source=str(src), dest=str(dest), model=str(tiny_model), batch_size=4)
+    return src, dest, summary
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", OUTPUTS)
+def test_every_format_says_it_is_machine_coloured_from_which_scan_by_which_model(marked, tiny_model, key):
+    src, dest, summary = marked
+    card, out = _card(tiny_model), dest / key
+    xmp = _xmp(out)
+    ours = f"Colorized automatically by archive-colorize {__version__} with model {card['model_id']}"
+    assert xmp["Iptc4xmpExt:DigitalSourceType"] == DIGITAL_SOURCE_TYPE
+    assert ours in xmp["dc:description"][0] and "a machine's guess, not a record" in xmp["dc:description"][0]
+    assert xmp["colorize:sourceUri"] == xmp["xmpMM:DerivedFrom/filePath"] == str(src / key)
+    assert xmp["colorize:sourceSha256"] == _sha(src / key)
+    assert (xmp["colorize:modelId"], xmp["colorize:modelSha256"]) == (card["model_id"], card["sha256"])
+    assert (xmp["colorize:software"], xmp["colorize:softwareVersion"]) == ("archive-colorize", __version__)
+    assert xmp["xmp:CreatorTool"] == f"archive-colorize {__version__}"
+    assert xmp["colorize:runId"] == summary.run_id and xmp["xmpMM:DocumentID"].startswith("xmp.did:")
+    assert ours in Image.open(out).getexif()[0x010E]  # EXIF ImageDescription, read by Pillow
+
+    row = _rows(dest, summary.run_id)[key]
+    assert (row.provenance, row.model_sha256) == ("xmp", card["sha256"])
+    assert row.output_sha256 == _sha(out)  # the manifest hashes the file as written, metadata included
+
+
+def test_pillows_own_xmp_reader_and_16_bit_tiff_kept(marked):
+    _, dest, _ = marked
+    xmp = Image.open(dest / "cat/harbour.jpg").getxmp()  # Pillow's parser (defusedxml)
+    descriptions = xmp["xmpmeta"]["RDF"]["Description"]
+    descriptions = descriptions if isinstance(descriptions, list) else [descriptions]
+    assert DIGITAL_SOURCE_TYPE in [d.get("DigitalSourceType") for d in descriptions]
+    deep = cv2.imdecode(np.fromfile(dest / "c16.tif", np.uint8), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape == (80, 100, 3)  # exiv2 rewrote the TIFF, not its pixels
+
+
+def test_bmp_carries_nothing_and_says_so(marked):
+    _, dest, summary = marked
+    img = Image.open(dest / "e.bmp")
+    assert "xmp" not in img.info and not img.getexif()
+    assert _rows(dest, summary.run_id)["e.bmp"].provenance == "none"
+
+
+def test_the_scans_own_metadata_survives_beside_ours(marked):
+    _, dest, _ = marked
+    out = dest / "cat/harbour.jpg"
+    xmp, exif, img = _xmp(out), Image.open(out).getexif(), Image.open(out)
+    assert (xmp["dc:title"], xmp["dc:creator"], xmp["dc:rights"]) == ([SOURCE_TITLE], [SOURCE_CREATOR], [SOURCE_RIGHTS])
+    assert xmp["dc:description"][0].startswith(SOURCE_DESCRIPTION + "\n\nColorized automatically")
+    assert "tiff:Orientation" not in xmp  # it described the scan's pixels
+    assert (exif[0x013B], exif[0x8298]) == (SOURCE_CREATOR, SOURCE_RIGHTS)  # Artist, Copyright
+    assert exif[0x010E].startswith(SOURCE_DESCRIPTION + "\n\nColorized automatically")
+    assert exif[0x0131] == f"archive-colorize {__version__}"  # Software
+    assert tuple(round(v) for v in img.info["dpi"]) == (300, 300)
+
+
+def test_reruns_carry_provenance_and_outputs_are_refused_as_sources(marked, tiny_model, tmp_path):
+    from flows.colorize_archive import colorize_archive
+
+    src, dest, _ = marked
+    again = colorize_archive(source=str(src), dest=str(dest), model=str(tiny_model))
+    assert again.counts == {"skipped_done": 6}
+    rows = _rows(dest, again.run_id)
+    assert rows["b.png"].provenance == "xmp" and rows["e.bmp"].provenance == "none"
+    assert {r.model_sha256 for r in rows.values()} == {_card(tiny_model)["sha256"]}
+
+    round_trip = colorize_archive(source=str(dest), dest=str(tmp_path / "twice"), model=str(tiny_model))
+    assert round_trip.counts == {"skipped_color": 6}  # colour, and saying so: never coloured twice
+
+
+def test_manifest_columns_are_appended_and_older_manifests_read(tmp_path):
+    assert COLUMNS[-2:] == ["provenance", "model_sha256"]
+    row = ManifestRow(run_id="r", source_uri="a.jpg", source_size=1, source_mtime="t", status="colorized")
+    older = to_frame([row]).drop(columns=["provenance", "model_sha256"])  # a manifest from before issue 10
+    storage = open_storage(str(tmp_path))
+    write_csv(storage, "old.csv", older)
+    frame = read_csv(storage, "old.csv")
+    assert list(frame.columns) == COLUMNS and (frame["provenance"][0], frame["model_sha256"][0]) == ("", "")
+
+
+def test_provenance_xmp_merges_languages_and_drops_stale_claims():
+    info = ProvenanceInfo("s3://b/scans/a.tif", "ab" * 32, "m@cd", "cd" * 32, "run-2")
+    earlier = provenance_xmp(ProvenanceInfo("old", "00" * 32, "old@00", "00" * 32, "run-1")).decode()
+    merged = ET.fromstring(provenance_xmp(info, earlier).decode().split("\n", 1)[1].rsplit("\n", 1)[0])
+    texts = [e.text for e in merged.iter(f"{{{NS['colorize']}}}runId")]
+    assert texts == ["run-2"]  # a coloured file coloured again: the earlier claims are replaced
+
+    packet = (
+        _source_xmp()
+        .decode()
+        .replace(
+            f'<rdf:li xml:lang="x-default">{SOURCE_DESCRIPTION}</rdf:li>',
+            f'<rdf:li xml:lang="x-default">{SOURCE_DESCRIPTION}</rdf:li><rdf:li xml:lang="de">Boote</rdf:li>',
+        )
+    )
+    root = ET.fromstring(provenance_xmp(info, packet).decode().split("\n", 1)[1].rsplit("\n", 1)[0])
+    langs = {li.get(XML_LANG): li.text for li in root.iter(f"{{{RDF}}}li") if li.get(XML_LANG) in ("x-default", "de")}
+    assert langs["de"].startswith("Boote\n\nColorized automatically")
+    assert langs["x-default"].startswith(SOURCE_DESCRIPTION + "\n\nColorized automatically")
+
+
+def test_iptc_is_kept_in_step_and_a_broken_xmp_costs_only_itself():
+    info = ProvenanceInfo("/scans/a.jpg", "ab" * 32, "m@cd", "cd" * 32, "run")
+    output = encode(np.zeros((40, 50, 3), np.uint8), "JPEG")
+    with pyexiv2.ImageData(encode(gray_image(40, 50), "JPEG")) as img:  # IPTC-IIM (UTF-8), as older DAMs write it
+        img.modify_iptc({"Iptc.Envelope.CharacterSet": "\x1b%G", "Iptc.Application2.Caption": "Hafen im Frühjahr"})
+        scan = img.get_bytes()
+    out = Image.open(io.BytesIO(embed(output, "JPEG", scan, info)))
+    caption = IptcImagePlugin.getiptcinfo(out)[(2, 120)].decode("utf-8")  # read by Pillow
+    assert caption == "Hafen im Frühjahr\n\n" + info.description
+
+    exif = Image.Exif()
+    exif[0x013B] = SOURCE_CREATOR
+    scan = encode(gray_image(40, 50), "JPEG", exif=exif, xmp=b"<x:xmpmeta><not-closed")
+    out = Image.open(io.BytesIO(embed(output, "JPEG", scan, info)))
+    assert out.getexif()[0x013B] == SOURCE_CREATOR  # the scan's EXIF survives its broken XMP
+    assert DIGITAL_SOURCE_TYPE in out.info["xmp"].decode()
+
+
+def test_signed_outputs_validate_and_tampering_is_reported(prefect_api_url, certs, tiny_model, tmp_path):
+    src, dest = _scans(tmp_path / "scans"), tmp_path / "colour"
+    runner = CliRunner()
+    refused = runner.invoke(app, ["run", str(src), str(tmp_path / "no"), "--model", str(tiny_model), "--sign-with",
+                                  str(certs["no_eku"]), str(certs["key"])])  # fmt: skip
+    assert refused.exit_code == 1 and "extended key usage" in refused.output
+    assert not (tmp_path / "no" / "b.png").exists()  # refused at the start, not file by file
+    done = runner.invoke(app, ["run", str(src), str(dest), "--model", str(tiny_model), "--sign-with",
+                               str(certs["chain"]), str(certs["key"])])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    (run_manifest,) = (dest / "manifests").glob("*.csv")
+    run_id = run_manifest.stem
+    rows = _rows(dest, run_id)
+    trust = {"trust": {"user_anchors": certs["root"].read_text()}, "verify": {"remote_manifest_fetch": False}}
+
+    for key in OUTPUTS:
+        out = dest / key
+        assert rows[key].provenance == "xmp+c2pa" and rows[key].output_sha256 == _sha(out)
+        assert _xmp(out)["Iptc4xmpExt:DigitalSourceType"] == DIGITAL_SOURCE_TYPE  # XMP kept through signing
+        mime = Image.MIME[Image.open(out).format]
+        with c2pa.Context.from_dict(trust) as ctx, c2pa.Reader(mime, io.BytesIO(out.read_bytes()), context=ctx) as r:
+            state, manifest, results = r.get_validation_state(), r.get_active_manifest(), r.get_validation_results()
+        assert state == "Trusted", results
+        codes = [s["code"] for s in results["activeManifest"]["success"]]
+        assert "claimSignature.validated" in codes and any(c.endswith("Hash.match") for c in codes), codes
+        actions = next(a["data"]["actions"] for a in manifest["assertions"] if a["label"].startswith("c2pa.actions"))
+        edited = next(a for a in actions if a["action"] == "c2pa.edited")
+        assert edited["digitalSourceType"] == DIGITAL_SOURCE_TYPE
+        (parent,) = manifest["ingredients"]
+        assert parent["relationship"] == "parentOf"
+        assert parent["metadata"]["example.archive-colorize.provenance"]["sha256"] == _sha(src / key)
+    assert rows["e.bmp"].provenance == "none"
+
+    shown = runner.invoke(app, ["inspect", str(dest / "cat/harbour.jpg"), "--trust", str(certs["root"])])
+    assert shown.exit_code == 0, shown.output
+    assert "C2PA: Trusted" in shown.output and _sha(src / "cat/harbour.jpg") in shown.output
+    assert "(machine-coloured)" in shown.output and "c2pa.edited" in shown.output
+
+    data = bytearray((dest / "cat/harbour.jpg").read_bytes())
+    scan_start = data.rfind(b"\xff\xda")  # start of scan: entropy-coded image data follows
+    data[scan_start + 40 : scan_start + 48] = bytes(b ^ 0x5A for b in data[scan_start + 40 : scan_start + 48])
+    tampered = write(tmp_path / "tampered.jpg", bytes(data))
+    with c2pa.Reader("image/jpeg", io.BytesIO(bytes(data))) as reader:
+        failures = [f["code"] for f in reader.get_validation_results()["activeManifest"]["failure"]]
+        assert reader.get_validation_state() == "Invalid" and "assertion.dataHash.mismatch" in failures
+    flagged = runner.invoke(app, ["inspect", str(tampered)])
+    assert flagged.exit_code == 3 and "TAMPERED" in flagged.output
+
+    plain = runner.invoke(app, ["inspect", str(src / "b.png")])
+    assert plain.exit_code == 0 and "provenance: none" in plain.output and "C2PA: no manifest" in plain.output
+
+
+def test_a_certificate_c2pa_refuses_is_named(certs):
+    with pytest.raises(ProvenanceError, match="extended key usage"):
+        load_signing_key(str(certs["no_eku"]), str(certs["key"]))
+    with pytest.raises(ProvenanceError, match="does not belong"):
+        load_signing_key(str(certs["root"]), str(certs["key"]))
+    with pytest.raises(ProvenanceError, match="not found"):
+        load_signing_key(str(certs["chain"]), str(certs["key"]) + ".missing")
+    with pytest.raises(ValueError, match="both"):
+        RunOptions(run_id="r", source="s", dest="d", model="m", model_id="m", sign_cert=str(certs["chain"]))
