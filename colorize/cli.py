@@ -26,6 +26,12 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class Backend(StrEnum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+
+
 class OutputFormat(StrEnum):
     same = "same"
     jpeg = "jpeg"
@@ -47,6 +53,9 @@ def run(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 8,
     shard_size: Annotated[int, typer.Option(min=1, help="Images per task (unit of work and of retry).")] = 256,
     device: Annotated[Device, typer.Option(help="auto uses a GPU when there is one.")] = Device.auto,
+    backend: Annotated[
+        Backend, typer.Option(help="auto: ONNX Runtime on a CPU (when installed), PyTorch on a GPU.")
+    ] = Backend.auto,
     force: Annotated[bool, typer.Option("--force", help="Redo everything, even what is done.")] = False,
     redo_older: Annotated[
         bool, typer.Option("--redo-older", help="Redo outputs that another (older) model made.")
@@ -59,6 +68,14 @@ def run(
         DEFAULT_MAX_PIXELS / 1e6
     ),
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+    sign_with: Annotated[
+        tuple[str, str] | None,
+        typer.Option(metavar="CERT KEY", help="Sign a C2PA manifest into each output: PEM chain and key (path/s3)."),
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Run shards on this Dask scheduler (tcp://host:8786).")
+    ] = None,
+    dask_local: Annotated[int, typer.Option(min=0, help="Run shards on a local Dask cluster of N processes.")] = 0,
 ) -> None:
     """Colorize every gray scan under SOURCE into DEST, and record it in DEST/manifest.csv.
 
@@ -72,9 +89,11 @@ def run(
     try:
         summary = colorize_archive(
             source=source, dest=dest, model=model, registry=registry, batch_size=batch_size,
-            shard_size=shard_size, device=device.value, force=force, redo_older=redo_older,
+            shard_size=shard_size, device=device.value, backend=backend.value, force=force, redo_older=redo_older,
             colorize_color=colorize_color, output_format=output_format.value,
             max_megapixels=max_megapixels, endpoint_url=endpoint_url, progress=True,
+            dask_address=dask_address, dask_local=dask_local,
+            sign_cert=sign_with[0] if sign_with else None, sign_key=sign_with[1] if sign_with else None,
         )  # fmt: skip
     except (ModelNotFoundError, StorageError, FileNotFoundError, PermissionError, ValueError, RuntimeError) as err:
         raise _fail(str(err), 1) from None
@@ -129,6 +148,55 @@ def train(
     typer.echo(f"registered {summary.version}: {summary.reason}")
     if summary.problems:
         typer.echo(f"{len(summary.problems)} pairs skipped (see the flow's log)")
+
+
+@app.command()
+def report(
+    dest: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix a run wrote to.")],
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    sample: Annotated[int, typer.Option(min=0, help="Most before/after pairs shown.")] = 120,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+) -> None:
+    """Rebuild DEST/reports/RUN_ID.html from the run's manifest and outputs, and print where it is."""
+    from colorize.report import latest_run_id, write_report
+    from colorize.storage import StorageError, open_storage
+
+    try:
+        storage = open_storage(dest, endpoint_url)
+        run_id = run_id or latest_run_id(storage)
+        key = write_report(storage, run_id, sample=sample, endpoint_url=endpoint_url) if run_id else None
+    except (StorageError, FileNotFoundError, PermissionError, ValueError) as err:
+        raise _fail(str(err), 1) from None
+    if key is None:
+        raise _fail(f"no finished run at {storage.uri} (no manifests/*.csv)", 1)
+    typer.echo(storage.uri_for(key))
+
+
+@app.command()
+def inspect(
+    file: Annotated[str, typer.Argument(help="An image: path or s3:// URI.")],
+    trust: Annotated[str | None, typer.Option(help="PEM root certificates to trust for C2PA (path).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print everything found, as JSON.")] = False,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+) -> None:
+    """Print what FILE says about itself: machine-coloured or not, from which scan, by which model, signed or not.
+
+    Exit code 3 when the file's C2PA manifest does not validate (e.g. the image was changed after signing).
+    """
+    from pathlib import Path
+
+    from colorize.provenance import describe, read_provenance
+    from colorize.storage import StorageError, open_storage
+
+    try:
+        base, _, name = file.rstrip("/").rpartition("/")
+        data = open_storage(base or ("/" if file.startswith("/") else "."), endpoint_url).read_bytes(name)
+        report = read_provenance(data, Path(trust).read_text() if trust else None)
+    except (StorageError, FileNotFoundError, PermissionError, ValueError) as err:
+        raise _fail(str(err), 1) from None
+    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(describe(report)))
+    if report["c2pa"] and report["c2pa"].get("state") == "Invalid":
+        raise typer.Exit(3)
 
 
 @models_app.command("list")

@@ -75,20 +75,11 @@ def gray_to_lightness(gray: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(flat, cv2.COLOR_RGB2Lab)[0, :, 0].reshape(g.shape)
 
 
-# sRGB primaries and D65 white as OpenCV uses them, so the exact path below agrees with cv2's.
-_RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
-_XYZ_TO_RGB = np.linalg.inv(_RGB_TO_XYZ)
-_WHITE = np.array([0.950456, 1.0, 1.088754])
 _DELTA = 6.0 / 29.0
 
 
 def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(v: np.ndarray) -> np.ndarray:
-    v = np.clip(v, 0.0, 1.0)
-    return np.where(v <= 0.0031308, v * 12.92, 1.055 * v ** (1 / 2.4) - 0.055)
 
 
 def _lightness_exact(gray: np.ndarray) -> np.ndarray:
@@ -98,15 +89,18 @@ def _lightness_exact(gray: np.ndarray) -> np.ndarray:
 
 
 def _lab_to_rgb_exact(lab: np.ndarray) -> np.ndarray:
-    """Lab (..., 3) -> sRGB float64 in [0, 1] by the CIE formulas, for 16-bit precision.
+    """Lab (H, W, 3) float32 -> sRGB float32 in [0, 1], precise enough for 16 bits.
 
-    OpenCV's float conversion interpolates the sRGB curve from a table and is off by up to
-    2e-3, invisible at 8 bits but 7 lost bits at 16.
+    OpenCV's Lab->RGB interpolates the sRGB curve from a table and is off by up to 2e-3: invisible
+    at 8 bits, 7 lost bits at 16. Its Lab->linear RGB has no such table, so only the sRGB curve is
+    applied here, by its formula (within 2 codes of 65535 of the float64 CIE formulas).
     """
-    fy = (lab[..., 0].astype(np.float64) + 16.0) / 116.0
-    f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
-    xyz = np.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4.0 / 29.0)) * _WHITE
-    return _linear_to_srgb(xyz @ _XYZ_TO_RGB.T)
+    linear = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2LRGB), 0.0, 1.0)
+    return np.where(
+        linear <= np.float32(0.0031308),
+        linear * np.float32(12.92),
+        np.float32(1.055) * np.power(linear, np.float32(1 / 2.4)) - np.float32(0.055),
+    )
 
 
 @lru_cache(maxsize=2)
@@ -155,10 +149,11 @@ def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
 
 
 def to_integer(rgb: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Float image in [0, 1] -> uint8 or uint16 image, rounded to nearest. Shape is kept."""
-    top = max_value(bit_depth)
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.clip(rgb * top + 0.5, 0, top).astype(dtype)
+    """Float image in [0, 1] (values outside are clipped) -> uint8 or uint16, rounded to nearest."""
+    x = np.clip(rgb, 0.0, 1.0)
+    if bit_depth == 8:
+        return cv2.convertScaleAbs(x, alpha=255.0)  # rounds and saturates in one C++ pass
+    return (x * float(max_value(bit_depth)) + 0.5).astype(np.uint16)
 
 
 def upsample_ab(ab: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -53,6 +53,8 @@ class ManifestRow:
     seconds: float = 0.0
     worker: str = ""
     finished_at: str = ""
+    provenance: str = "none"  # what the output carries: xmp, xmp+c2pa, none (BMP; rows without output)
+    model_sha256: str = ""  # the full sha256 of the model's weights (model_id has its first 12 hex)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -68,6 +70,7 @@ COLUMNS: list[str] = [
     "run_id", "source_uri", "source_size", "source_mtime", "source_etag", "source_sha256",
     "width", "height", "mode", "bit_depth", "pages", "status", "reason", "output_uri",
     "output_sha256", "model_id", "seconds", "worker", "finished_at",
+    "provenance", "model_sha256",  # appended (issue 10): older manifests lack them and read as ""
 ]  # fmt: skip
 assert sorted(COLUMNS) == sorted(f.name for f in fields(ManifestRow))
 
@@ -125,7 +128,7 @@ def write_csv(storage: Storage, key: str, frame: pd.DataFrame) -> None:
     storage.write_bytes(key, frame.to_csv(index=False).encode("utf-8"), "text/csv")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a ledger of millions of entries
 class LedgerEntry:
     """What the ledger remembers of a source: enough to decide whether to skip it."""
 
@@ -138,19 +141,20 @@ class LedgerEntry:
     output_sha256: str
     model_id: str
     run_id: str
+    provenance: str = ""
+    model_sha256: str = ""
 
 
 class Ledger:
     """The cumulative manifest as a hash map from source URI to its latest state."""
 
     def __init__(self, frame: pd.DataFrame):
-        self.frame = frame
         self._entries: dict[str, LedgerEntry] = {
-            uri: LedgerEntry(int(size), mtime, etag, sha, status, out, out_sha, model, run)
-            for uri, size, mtime, etag, sha, status, out, out_sha, model, run in zip(
+            uri: LedgerEntry(int(size), mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha)
+            for uri, size, mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha in zip(
                 frame["source_uri"], frame["source_size"], frame["source_mtime"], frame["source_etag"],
                 frame["source_sha256"], frame["status"], frame["output_uri"], frame["output_sha256"],
-                frame["model_id"], frame["run_id"], strict=True,
+                frame["model_id"], frame["run_id"], frame["provenance"], frame["model_sha256"], strict=True,
             )
         }  # fmt: skip
 

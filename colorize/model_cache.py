@@ -17,14 +17,14 @@ _lock = threading.Lock()
 
 
 @lru_cache(maxsize=2)
-def _colorizer(model_spec: str, device: str) -> Colorizer:
-    return Colorizer(load_model(model_spec), device=device)
+def _colorizer(model_spec: str, device: str, backend: str) -> Colorizer:
+    return Colorizer(load_model(model_spec), device=device, backend=backend)
 
 
-def get_colorizer(model_spec: str, device: str = "auto") -> Colorizer:
+def get_colorizer(model_spec: str, device: str = "auto", backend: str = "auto") -> Colorizer:
     """The colorizer for a resolved model spec on a device, loaded on first use in this process."""
     with _lock:  # two shards starting together in one process must not load it twice
-        return _colorizer(model_spec, device)
+        return _colorizer(model_spec, device, backend)
 
 
 def loads() -> int:

@@ -202,6 +202,35 @@ def resolve_model_spec(spec: str | None = None, registry: str | None = None) -> 
     return spec
 
 
+def model_identity(spec: str) -> str:
+    """The ``model_id`` of a resolved model spec, from its card and a hash of its weights.
+
+    Cheap (no network is built), so a flow can name its model in the manifest on a machine that
+    will never run it, e.g. a Dask scheduler's client without a GPU.
+    """
+    lower = spec.lower()
+    base, name = _split(spec)
+    try:
+        if lower.endswith((".pth", ".pt")):
+            return model_id_for(name.rsplit(".", 1)[0], sha256_hex(open_storage(base).read_bytes(name)))
+        if lower.endswith(".safetensors"):
+            data = open_storage(base).read_bytes(name)
+            card = _header_card(data)
+        else:
+            storage = open_storage(spec)
+            data, card = storage.read_bytes(WEIGHTS_FILE), json.loads(storage.read_bytes(CARD_FILE))
+    except FileNotFoundError as err:
+        raise _not_found(spec, err) from None
+    return model_id_for(card.get("name", "model"), sha256_hex(data))
+
+
+def _not_found(spec: str, err: Exception) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"no model at {spec} ({err}); pass --model PATH to a folder with {WEIGHTS_FILE} and "
+        f"{CARD_FILE} (a registry version is one), a registry, a .safetensors file or a notebook .pth"
+    )
+
+
 def load_model(spec: str | None = None, registry: str | None = None) -> LoadedModel:
     """Resolve (see :func:`resolve_model_spec`) and load a model for inference."""
     spec = resolve_model_spec(spec, registry)
@@ -221,7 +250,4 @@ def load_model(spec: str | None = None, registry: str | None = None) -> LoadedMo
         card = json.loads(storage.read_bytes(CARD_FILE))
         return load_safetensors_model(storage.read_bytes(WEIGHTS_FILE), card)
     except FileNotFoundError as err:
-        raise ModelNotFoundError(
-            f"no model at {spec} ({err}); pass --model PATH to a folder with {WEIGHTS_FILE} and "
-            f"{CARD_FILE} (a registry version is one), a registry, a .safetensors file or a notebook .pth"
-        ) from None
+        raise _not_found(spec, err) from None

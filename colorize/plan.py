@@ -41,16 +41,21 @@ class RunOptions:
     batch_size: int = 8
     shard_size: int = 256
     device: str = "auto"
+    backend: str = "auto"  # auto: ONNX Runtime on a CPU when installed, else PyTorch
     force: bool = False
     redo_older: bool = False
     colorize_color: bool = False
     output_format: str = "same"
     max_pixels: int = DEFAULT_MAX_PIXELS
     endpoint_url: str | None = None
+    sign_cert: str | None = None  # C2PA signing (issue 10): certificate chain and key, paths or s3:// URIs
+    sign_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.shard_size < 1:
             raise ValueError("batch size and shard size must be at least 1")
+        if bool(self.sign_cert) != bool(self.sign_key):
+            raise ValueError("signing needs both a certificate (sign_cert) and its key (sign_key)")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
 
@@ -131,6 +136,8 @@ def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEn
         output_uri=entry.output_uri,
         output_sha256=entry.output_sha256,
         model_id=entry.model_id,
+        provenance=entry.provenance,
+        model_sha256=entry.model_sha256,
     )
 
 
@@ -168,7 +175,8 @@ def plan(
                 "use --output-format same, or rename one of them",
             ))  # fmt: skip
             continue
-        outputs_seen[out_key] = obj.key
+        if opts.output_format != "same":  # only a forced format can make two sources meet
+            outputs_seen[out_key] = obj.key
 
         entry = None if opts.force else ledger.get(source.uri_for(obj.key))
         item = WorkItem(obj.key, obj.size, obj.mtime, obj.etag, out_key, out_fmt, previous=entry)
@@ -204,6 +212,21 @@ def plan(
         yield Shard(n_shards + 1, pending)
     if skipped:
         yield SkipBatch(n_skips + 1, skipped)
+
+
+def check_destination(source: Storage, dest: Storage) -> None:
+    """Refuse a destination that is the source or contains it: outputs could overwrite scans.
+
+    A destination inside the source is fine: the listing leaves it out.
+    """
+    src, dst = source.uri.rstrip("/") + "/", dest.uri.rstrip("/") + "/"
+    if src == dst:
+        raise ValueError(f"the destination {dest.uri} is the source: outputs would overwrite the scans")
+    if src.startswith(dst):
+        raise ValueError(
+            f"the destination {dest.uri} contains the source {source.uri}: an output could overwrite a scan; "
+            "choose a destination outside the source"
+        )
 
 
 def _nested_prefix(source: Storage, dest: Storage) -> str:

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture, wait
+from prefect.concurrency.sync import concurrency
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from colorize.imaging import DEFAULT_MAX_PIXELS
 from colorize.manifest import Ledger, finish_run, new_run_id, run_key, unfinished_runs, write_part
 from colorize.model_cache import get_colorizer
-from colorize.modelfile import resolve_model_spec
-from colorize.plan import RunOptions, Shard, SkipBatch, plan
+from colorize.modelfile import model_identity, resolve_model_spec
+from colorize.plan import RunOptions, Shard, SkipBatch, check_destination, plan
 from colorize.process import ShardProcessor
+from colorize.provenance import load_signing_key
+from colorize.report import DEFAULT_SAMPLE, report_link, write_report
 from colorize.storage import StorageError, open_storage
-
-# Shards in flight at once: enough to keep every worker busy, few enough that a listing of
-# millions of files never turns into millions of pending tasks.
-MAX_SHARDS_IN_FLIGHT = 4
+from flows.runners import current_api_url, shard_resources, shard_runner, share_api_url
 
 
 @dataclass
@@ -32,6 +33,7 @@ class RunSummary:
     model_id: str
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
+    report_url: str = ""  # the run report: file:// URI, or presigned link for S3
 
     @property
     def total(self) -> int:
@@ -51,10 +53,14 @@ def start_run(
     for orphan in unfinished_runs(dst, exclude=run_id):
         logger.warning("run %s ended without finishing its manifest: folding in its records", orphan)
         finish_run(dst, orphan)
+    check_destination(src, dst)
     spec = resolve_model_spec(model, registry)
-    colorizer = get_colorizer(spec, str(options.get("device", "auto")))
-    logger.info("run %s: %s -> %s with model %s on %s", run_id, src.uri, dst.uri, colorizer.model_id, colorizer.device)
-    return RunOptions(run_id=run_id, source=src.uri, dest=dst.uri, model=spec, model_id=colorizer.model_id, **options)  # type: ignore[arg-type]
+    model_id = model_identity(spec)  # the shards load the model, wherever they run
+    logger.info("run %s: %s -> %s with model %s", run_id, src.uri, dst.uri, model_id)
+    opts = RunOptions(run_id=run_id, source=src.uri, dest=dst.uri, model=spec, model_id=model_id, **options)  # type: ignore[arg-type]
+    if opts.sign_cert and opts.sign_key:  # a certificate C2PA refuses stops the run here, not per file
+        load_signing_key(opts.sign_cert, opts.sign_key, opts.endpoint_url)
+    return opts
 
 
 @task(cache_policy=NO_CACHE)
@@ -62,7 +68,7 @@ def colorize_shard(opts: RunOptions, shard: Shard) -> dict[str, int]:
     """Colorize one shard and record its rows at the destination as soon as it is done."""
     logger = get_run_logger()
     source, dest = open_storage(opts.source, opts.endpoint_url), open_storage(opts.dest, opts.endpoint_url)
-    processor = ShardProcessor(opts, get_colorizer(opts.model, opts.device), source, dest)
+    processor = ShardProcessor(opts, get_colorizer(opts.model, opts.device, opts.backend), source, dest)
     rows = processor.run(shard.items)
     write_part(dest, opts.run_id, shard.name, rows)
     counts = Counter(r.status for r in rows)
@@ -91,6 +97,18 @@ def finish_manifest(opts: RunOptions) -> RunSummary:
 
 
 @task(cache_policy=NO_CACHE)
+def write_run_report(opts: RunOptions, sample: int, link_seconds: int) -> str:
+    """Write DEST/reports/<run_id>.html; return a link to it, or "" when it could not be written."""
+    dest = open_storage(opts.dest, opts.endpoint_url)
+    try:
+        key = write_report(dest, opts.run_id, sample=sample, endpoint_url=opts.endpoint_url)
+        return report_link(dest, key, link_seconds)
+    except Exception:  # noqa: BLE001 - the run's work and manifest are done; a missing page must not fail it
+        get_run_logger().warning("run %s: the report could not be written", opts.run_id, exc_info=True)
+        return ""
+
+
+@task(cache_policy=NO_CACHE)
 def publish_summary(summary: RunSummary) -> None:
     """The run's summary as Prefect artifacts: counts per status, and a short report."""
     statuses = ("colorized", "skipped_done", "skipped_color", "failed")
@@ -107,10 +125,30 @@ def publish_summary(summary: RunSummary) -> None:
         "",
         f"Manifest: `{summary.dest.rstrip('/')}/{run_key(summary.run_id)}`",
     ]
+    if summary.report_url:
+        lines += ["", f"Report: [{summary.run_id}.html]({summary.report_url})"]
     if summary.failures:
         lines += ["", "## Failures (first 20)", ""]
         lines += [f"- `{uri}`: {reason}" for uri, reason in summary.failures[:20]]
     create_markdown_artifact(key="colorize-run-summary", markdown="\n".join(lines))
+
+
+@flow(name="colorize-shards")
+def colorize_shards(opts: RunOptions, on_dask: bool = False, in_flight: int = 8, progress: bool = False) -> None:
+    """Plan the run as a stream and colorize its shards, a bounded number in flight at a time."""
+    src, dst = open_storage(opts.source, opts.endpoint_url), open_storage(opts.dest, opts.endpoint_url)
+    bar = tqdm(unit="file", desc="colorize", disable=not progress)
+    pending: list[PrefectFuture[dict[str, int]]] = []
+    for unit in plan(opts, src, dst, Ledger.load(dst)):
+        with shard_resources(on_dask, opts.device):
+            task_ = colorize_shard if isinstance(unit, Shard) else record_skips
+            pending.append(task_.submit(opts, unit))
+        while len(pending) >= in_flight:
+            oldest = pending.pop(0)
+            bar.update(sum(oldest.result().values()))  # .result() waits, and re-raises a shard's fatal error
+    for fut in pending:
+        bar.update(sum(fut.result().values()))
+    bar.close()
 
 
 @flow(name="colorize-archive", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -122,41 +160,39 @@ def colorize_archive(
     batch_size: int = 8,
     shard_size: int = 256,
     device: str = "auto",
+    backend: str = "auto",
     force: bool = False,
     redo_older: bool = False,
     colorize_color: bool = False,
     output_format: str = "same",
     max_megapixels: float = DEFAULT_MAX_PIXELS / 1e6,
     endpoint_url: str | None = None,
+    dask_address: str | None = None,  # an existing Dask scheduler, tcp://host:8786
+    dask_local: int = 0,  # or a LocalCluster of this many worker processes
+    shards_in_flight: int = 8,  # planned shards submitted ahead of the ones running
     progress: bool = False,
+    gpu_slot: str | None = None,  # a global concurrency limit held around the GPU work (deploy/README.md)
+    report_sample: int = DEFAULT_SAMPLE,  # most before/after pairs in the run report
+    report_link_seconds: int = 7 * 24 * 3600,  # lifetime of the report's presigned link (S3); 0: no link
+    sign_cert: str | None = None,  # C2PA signing certificate chain (PEM), path or s3:// URI
+    sign_key: str | None = None,  # its private key (PEM), path or s3:// URI
 ) -> RunSummary:
     """Colorize every gray scan under ``source`` into ``dest``, skipping what is already done."""
     options = dict(
-        batch_size=batch_size, shard_size=shard_size, device=device, force=force, redo_older=redo_older,
-        colorize_color=colorize_color, output_format=output_format,
-        max_pixels=int(max_megapixels * 1e6), endpoint_url=endpoint_url,
+        batch_size=batch_size, shard_size=shard_size, device=device, backend=backend, force=force,
+        redo_older=redo_older, colorize_color=colorize_color, output_format=output_format,
+        max_pixels=int(max_megapixels * 1e6), endpoint_url=endpoint_url, sign_cert=sign_cert, sign_key=sign_key,
     )  # fmt: skip
-    opts = start_run(source, dest, model, registry, options)
-    src, dst = open_storage(opts.source, endpoint_url), open_storage(opts.dest, endpoint_url)
-    bar = tqdm(unit="file", desc="colorize", disable=not progress)
-    in_flight: list[PrefectFuture[dict[str, int]]] = []
-
-    def settle(keep: int) -> None:
-        while len(in_flight) > keep:
-            done = wait(in_flight[:1]).done
-            for fut in done:
-                bar.update(sum(fut.result().values()))  # .result() re-raises a shard's fatal error
-                in_flight.remove(fut)
-
-    for unit in plan(opts, src, dst, Ledger.load(dst)):
-        if isinstance(unit, Shard):
-            in_flight.append(colorize_shard.submit(opts, unit))
-        else:
-            in_flight.append(record_skips.submit(opts, unit))
-        settle(MAX_SHARDS_IN_FLIGHT)
-    settle(0)
-    bar.close()
+    on_dask = bool(dask_address or dask_local > 0)
+    # One model on a GPU at a time on a single host (deploy/README.md); Dask workers use GPU resources.
+    with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
+        opts = start_run(source, dest, model, registry, options)
+        if on_dask:
+            share_api_url(current_api_url())
+        runner = shard_runner(dask_address, dask_local, device)
+        colorize_shards.with_options(task_runner=runner)(opts, on_dask, max(1, shards_in_flight), progress)
     summary = finish_manifest(opts)
+    summary.report_url = write_run_report(opts, report_sample, report_link_seconds)
     publish_summary(summary)
     get_run_logger().info("run %s finished: %s", summary.run_id, summary.counts)
     return summary

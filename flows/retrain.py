@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from PIL import Image
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 
 from colorize.evaluate import eval_pairs
 from colorize.registry import PRODUCTION, Registry
@@ -133,6 +135,7 @@ def retrain(
     criterion: str = "psnr",
     checkpoint_dir: str | None = None,
     progress: bool = False,
+    gpu_slot: str | None = None,  # a global concurrency limit held around the GPU work (deploy/README.md)
 ) -> RetrainSummary:
     """Train on the pairs under ``pairs``; register the model in ``registry``; promote it if better."""
     if criterion not in CRITERIA:
@@ -140,8 +143,10 @@ def retrain(
     cfg = config or TrainConfig()
     checkpoints = checkpoint_dir or open_storage(registry).uri_for("checkpoints")
     trn, val, problems = gather_pairs(pairs, cfg.val_fraction)
-    result = train_candidate(cfg, trn, val, checkpoints, resume, from_model, progress)
-    production = production_quality(registry, cfg, val)
+    # One model on a GPU at a time (issue 6): training, then the production model on the held-out pairs.
+    with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
+        result = train_candidate(cfg, trn, val, checkpoints, resume, from_model, progress)
+        production = production_quality(registry, cfg, val)
     summary = register_and_decide(registry, result, production, criterion, promote, problems)
     publish(summary, result, registry)
     get_run_logger().info("version %s: %s", summary.version, summary.reason)

@@ -24,16 +24,16 @@ import torch
 
 RECIPES: dict[str, dict[str, object]] = {
     # The width curve, one recipe: L1 warm-up, then GAN; EMA of the generator weights.
-    "w16": dict(width=16, l1_warmup_epochs=5, ema_decay=0.999),
-    "w24": dict(width=24, l1_warmup_epochs=5, ema_decay=0.999),
-    "w32": dict(width=32, l1_warmup_epochs=5, ema_decay=0.999),
-    "w64": dict(width=64, l1_warmup_epochs=5, ema_decay=0.999),
-    # Recipe ablations at width 16.
-    "w16-plain": dict(width=16),
-    "w16-crop128": dict(width=16, l1_warmup_epochs=5, ema_decay=0.999, image_size=128, depth=7, min_crop_scale=0.447),
+    "w16": dict(width=16, l1_warmup_epochs=10, ema_decay=0.999),
+    "w24": dict(width=24, l1_warmup_epochs=10, ema_decay=0.999),
+    "w32": dict(width=32, l1_warmup_epochs=10, ema_decay=0.999),
+    "w64": dict(width=64, l1_warmup_epochs=10, ema_decay=0.999),
+    # Ablations at width 24: half the L1 weight (more colour?), and no warm-up / no EMA.
+    "w24-l1x50": dict(width=24, l1_warmup_epochs=10, ema_decay=0.999, lambda_l1=50.0),
+    "w24-plain": dict(width=24),
 }
 CALIBRATION_EPOCHS = 3
-VAL_FRACTION = 0.1
+VAL_FRACTION = 0.15
 
 
 def _run(name: str, photos: str, out: str, budget: float, device: str, batch_size: int, keep: bool) -> None:
@@ -84,10 +84,10 @@ def main() -> None:
     parser.add_argument("photos")
     parser.add_argument("out")
     parser.add_argument("--recipes", default=",".join(RECIPES))
-    parser.add_argument("--keep", default="w16,w24,w32", help="recipes whose weights are saved")
+    parser.add_argument("--keep", default="w16,w24,w24-l1x50", help="recipes whose weights are saved")
     parser.add_argument("--budget-seconds", type=float, default=300)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     names = args.recipes.split(",")
     keep = set(args.keep.split(","))

@@ -11,6 +11,12 @@ import flows  # noqa: F401 - sets Prefect's start-up timeout before Prefect is i
 from tests.helpers import make_model
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Exported ONNX graphs go to a folder of this session, not the user's cache."""
+    os.environ["COLORIZE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def prefect_api_url() -> str:
     """Start one Prefect API server for the whole session and return its URL.

@@ -138,11 +138,14 @@ def test_forced_output_format_and_colliding_names(run, tmp_path, tiny_model):
     write(src / "x.jpg", encode(gray_image(50, 50), "JPEG"))
     write(src / "x.tif", encode(gray_image(50, 50, seed=1), "TIFF"))
     write(src / "y.tif", encode(gray_image(50, 60, seed=2), "TIFF"))
+    write(src / "z.png", encode(gray_image(50, 60, seed=3), "PNG"))
+    write(src / "z.tiff", encode(gray_image(50, 60, seed=4), "TIFF"))
     summary = run(src, dest, tiny_model, output_format="png")
     rows = _by_key(_manifest(dest, summary.run_id), src)
     assert rows["y.tif"].output_uri == str(dest / "y.png") and Image.open(dest / "y.png").format == "PNG"
-    assert sorted(r.status for r in rows.values()) == ["colorized", "colorized", "failed"]
+    assert sorted(r.status for r in rows.values()) == ["colorized", "colorized", "colorized", "failed", "failed"]
     assert "would overwrite the output of x.jpg" in rows["x.tif"].reason
+    assert "would overwrite the output of z.png" in rows["z.tiff"].reason
 
 
 def test_summary_artifacts_and_one_model_load_per_process(run, tmp_path, tiny_model):

@@ -14,7 +14,9 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -199,6 +201,20 @@ def ema_update(decay: float) -> Callable[..., None]:
     return update
 
 
+def built_ahead(batches: Iterable[Any], depth: int = 3) -> Iterator[Any]:
+    """Build the next batches in a thread while the GPU trains on this one.
+
+    Each batch is made from its own seed, so the thread changes the timing, never the numbers;
+    OpenCV and numpy release the GIL, so the building really overlaps.
+    """
+    source = iter(batches)
+    with ThreadPoolExecutor(1, thread_name_prefix="batches") as pool:
+        ahead = deque(pool.submit(next, source, None) for _ in range(depth))
+        while (batch := ahead.popleft().result()) is not None:
+            ahead.append(pool.submit(next, source, None))
+            yield batch
+
+
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
     if torch.cuda.is_available():
@@ -229,7 +245,8 @@ def evaluate_generator(
     """Quality of a generator on evaluation images, through the production inference path."""
     model = LoadedModel(copy.deepcopy(generator).float().cpu(), _card(cfg, gcfg, "candidate"))
     model.card["model_id"] = "candidate"
-    colorizer = Colorizer(model, device=device)
+    # PyTorch, not ONNX Runtime: a candidate changes every epoch, an export per evaluation would cost more.
+    colorizer = Colorizer(model, device=device, backend="torch")
     return evaluate(images, colorizer.predict_ab, grays=grays)
 
 
@@ -267,6 +284,8 @@ def train(
         cfg = replace(cfg, color_mode=init_from.color_mode, width=g0.width, depth=g0.depth, dropout=g0.dropout)
     device = pick_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
+    # Crops are small: OpenCV's own threads only fight the model's (and, on a shared GPU host, other runs').
+    cv2.setNumThreads(1)
     gcfg = cfg.generator_config()
     store = open_storage(checkpoint_dir)
 
@@ -351,7 +370,10 @@ def train(
         gan_on = epoch > cfg.l1_warmup_epochs
         data.plan_epoch(rng)
         sums = {"loss_g": 0.0, "loss_l1": 0.0, "loss_gan": 0.0, "loss_d": 0.0}
-        for x, y in tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress):
+        batches = built_ahead(loader) if device.type == "cuda" else loader
+        for x, y in tqdm(
+            batches, desc=f"epoch {epoch}/{cfg.epochs}", total=len(data), leave=False, disable=not progress
+        ):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt_g.zero_grad(set_to_none=True)
             with autocast():
@@ -402,7 +424,7 @@ def train(
     grid = None
     if val_pairs:
         model = LoadedModel(copy.deepcopy(final), {**_card(cfg, gcfg, name), "model_id": name})
-        colorizer = Colorizer(model, device=cfg.device)
+        colorizer = Colorizer(model, device=cfg.device, backend="torch")
         rows = [
             (g, colorize_like_production(g, colorizer.predict_ab), img)
             for g, img in zip(val_grays[:8], val_images[:8], strict=False)

@@ -1,0 +1,94 @@
+"""Colour quality of a model on held-out photos, against two baselines measured in the same run.
+
+    python bench/quality.py PHOTOS [--model PATH] [--val-fraction F] [--long-side PX] [--json PATH]
+                            [--sheet PATH]
+
+PHOTOS is a folder of colour photos (the starter set: ``scripts/starter_data.py``). The held-out
+split is the one training used: a hash of each file name (``--val-fraction``, by default the
+model card's). Each held-out photo is reduced to its gray and colorized through the production
+path (256x256 model input, chroma merged on the full-resolution gray), then compared with the
+original, at its own resolution unless ``--long-side`` caps it:
+
+* model:       the model under test (default: the packaged starter model);
+* gray:        the scan unchanged (zero chroma);
+* mean chroma: every pixel gets the training photos' average (a*, b*).
+
+Printed: PSNR (RGB), SSIM, mean ab error, colourfulness (Hasler & Suesstrunk, |rg|/|yb| form) as a
+ratio to ground truth and as an absolute difference. ``--sheet`` writes a before/after contact
+sheet (gray | model | truth) of the held-out photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from colorize.engine import Colorizer  # noqa: E402
+from colorize.evaluate import (  # noqa: E402
+    colorize_like_production,
+    eval_size,
+    evaluate,
+    gray_baseline,
+    mean_ab,
+    mean_chroma_baseline,
+    sample_grid,
+)
+from colorize.modelfile import load_model  # noqa: E402
+from colorize.training.pairs import discover_pairs, is_validation, load_pairs  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("photos")
+    parser.add_argument("--model", help="model to evaluate (default: the packaged starter model)")
+    parser.add_argument("--val-fraction", type=float, help="default: the model card's")
+    parser.add_argument("--long-side", type=int, default=0, help="cap the compared size (0: full resolution)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG of the held-out photos")
+    parser.add_argument("--sheet-rows", type=int, default=12)
+    args = parser.parse_args()
+
+    model = load_model(args.model)
+    fraction = args.val_fraction or float(model.card.get("hyperparameters", {}).get("val_fraction", 0.1))
+    found, _ = discover_pairs(args.photos)
+    loaded, refused = load_pairs(found)
+    val = [p for p in loaded if is_validation(p.name, fraction)]
+    train = [p for p in loaded if not is_validation(p.name, fraction)]
+    images = [eval_size(p.rgb, args.long_side) if args.long_side else p.rgb for p in val]
+    grays = [
+        cv2.resize(p.gray, img.shape[1::-1], interpolation=cv2.INTER_AREA) for p, img in zip(val, images, strict=True)
+    ]
+    colorizer = Colorizer(model, device=args.device)
+
+    reports = {
+        "model": evaluate(images, colorizer.predict_ab, grays=grays),
+        "gray": evaluate(images, gray_baseline, grays=grays),
+        "mean_chroma": evaluate(images, mean_chroma_baseline(mean_ab([p.rgb for p in train])), grays=grays),
+    }
+    size = f"long side <= {args.long_side}" if args.long_side else "full resolution"
+    print(f"model {model.model_id}; {len(val)} held-out photos (val fraction {fraction}), {len(train)} train, "
+          f"{len(refused)} refused; compared at {size}")  # fmt: skip
+    print(f"{'':12s} {'PSNR':>7s} {'SSIM':>7s} {'ab err':>7s} {'colourf.':>9s} {'ratio':>7s} {'|diff|':>7s}")
+    for name, r in reports.items():
+        print(f"{name:12s} {r.psnr:7.2f} {r.ssim:7.4f} {r.ab_error:7.2f} {r.colourfulness:9.2f} "
+              f"{r.colourfulness_ratio:7.3f} {r.colourfulness_diff:7.2f}")  # fmt: skip
+    print(f"ground truth colourfulness {reports['model'].colourfulness_gt:.2f}")
+    if args.json:
+        out = {k: r.as_dict() | {"n": r.n} for k, r in reports.items()}
+        out["model_id"], out["val_fraction"], out["held_out"] = model.model_id, fraction, [p.name for p in val]
+        args.json.write_text(json.dumps(out, indent=2))
+    if args.sheet:
+        rows = [(g, colorize_like_production(g, colorizer.predict_ab), img)
+                for g, img in list(zip(grays, images, strict=True))[: args.sheet_rows]]  # fmt: skip
+        cv2.imwrite(str(args.sheet), cv2.cvtColor(sample_grid(rows, cell=200), cv2.COLOR_RGB2BGR))
+
+
+if __name__ == "__main__":
+    main()

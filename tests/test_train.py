@@ -1,0 +1,199 @@
+"""Retraining: the three pair layouts, bad pairs, exact resume after a kill, the registry and promotion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from colorize.color import luma
+from colorize.registry import Registry
+from colorize.training.pairs import discover_pairs, is_validation, load_pairs
+from colorize.training.promotion import is_better
+from colorize.training.trainer import TrainConfig, lr_factor
+from tests.helpers import colour_image, encode, gray_image, write
+
+TINY = dict(width=8, depth=6, image_size=64, load_size=72, batch_size=4, epochs=2, eval_every=1, checkpoint_every=1,
+            val_fraction=0.25, device="cpu")  # fmt: skip
+
+
+def _colour(i: int, size: int = 64) -> np.ndarray:
+    return colour_image(size, size, seed=i)
+
+
+def make_victorian(root: Path, n: int = 8) -> None:
+    for i in range(n):
+        rgb = _colour(i, 96)
+        write(root / "gray" / f"p{i}.png", encode(luma(rgb)[::3, ::3].copy(), "PNG"))  # 32x32, same shape
+        write(root / "resized" / f"p{i}.png", encode(rgb[::3, ::3].copy(), "PNG"))
+        if i % 2 == 0:
+            write(root / "original" / f"p{i}.png", encode(rgb, "PNG"))
+
+
+def make_colour_folder(root: Path, n: int = 8) -> None:
+    for i in range(n):
+        write(root / f"sub{i % 2}" / f"c{i}.jpg", encode(_colour(i), "JPEG", quality=95))
+
+
+def test_victorian_layout_prefers_original_and_matches_by_name(tmp_path):
+    make_victorian(tmp_path / "v400")
+    pairs, problems = discover_pairs(str(tmp_path / "v400"))
+    assert not problems and len(pairs) == 8
+    by_name = {p.name: p for p in pairs}
+    assert by_name["p0.png"].color_uri.endswith("original/p0.png")
+    assert by_name["p1.png"].color_uri.endswith("resized/p1.png")
+    loaded, bad = load_pairs(pairs)
+    assert not bad
+    first = next(p for p in loaded if p.name == "p0.png")
+    assert first.rgb.shape == (96, 96, 3) and first.gray.shape == (96, 96)  # gray brought to colour's size
+
+
+def test_colour_only_folder_derives_gray_as_luminance(tmp_path):
+    make_colour_folder(tmp_path / "photos")
+    pairs, _ = discover_pairs(str(tmp_path / "photos"))
+    assert len(pairs) == 8 and all(p.gray_uri is None for p in pairs)
+    loaded, bad = load_pairs(pairs)
+    assert not bad
+    assert np.array_equal(loaded[0].gray, luma(loaded[0].rgb))
+
+
+def test_csv_of_pairs_with_relative_paths(tmp_path):
+    for i in range(3):
+        rgb = _colour(i)
+        write(tmp_path / "c" / f"{i}.png", encode(rgb, "PNG"))
+        write(tmp_path / "g" / f"{i}.png", encode(luma(rgb), "PNG"))
+    (tmp_path / "pairs.csv").write_text("gray_uri,color_uri\n" + "".join(f"g/{i}.png,c/{i}.png\n" for i in range(3)))
+    pairs, problems = discover_pairs(str(tmp_path / "pairs.csv"))
+    assert not problems and [p.gray_uri for p in pairs] == [str(tmp_path / "g" / f"{i}.png") for i in range(3)]
+    assert len(load_pairs(pairs)[0]) == 3
+
+
+def test_bad_pairs_are_reported_and_skipped(tmp_path):
+    root = tmp_path / "v400"
+    make_victorian(root, n=2)
+    write(root / "gray" / "lonely.png", encode(gray_image(32, 32), "PNG"))  # no colour partner
+    write(root / "gray" / "wide.png", encode(gray_image(32, 64), "PNG"))
+    write(root / "resized" / "wide.png", encode(_colour(5), "PNG"))  # 64x64 vs 64x32: other shape
+    write(root / "gray" / "broken.png", encode(gray_image(32, 32), "PNG"))
+    write(root / "resized" / "broken.png", b"\x89PNG not really")
+    write(root / "gray" / "grey.png", encode(gray_image(64, 64), "PNG"))
+    write(root / "resized" / "grey.png", encode(np.repeat(gray_image(64, 64)[..., None], 3, 2), "PNG"))
+    pairs, problems = discover_pairs(str(root))
+    loaded, bad = load_pairs(pairs)
+    reasons = {p.name: p.reason for p in problems + bad}
+    assert len(loaded) == 2
+    assert reasons["lonely.png"].startswith("missing partner")
+    assert reasons["wide.png"].startswith("size mismatch")
+    assert reasons["broken.png"].startswith("unreadable colour image")
+    assert "is gray" in reasons["grey.png"]
+
+
+def test_split_is_fixed_by_file_name():
+    names = [f"photo_{i}.jpg" for i in range(400)]
+    val = {n for n in names if is_validation(n, 0.1)}
+    assert 20 < len(val) < 60
+    more = names + [f"new_{i}.jpg" for i in range(400)]
+    assert {n for n in more if is_validation(n, 0.1)} & set(names) == val  # growing the set moves nothing
+    assert is_validation("photo_3.jpg", 0.1) == is_validation("other/photo_3.webp", 0.1)
+
+
+def test_lr_schedule_is_the_sources_linear_decay():
+    assert lr_factor(1, 100, 100) == lr_factor(100, 100, 100) == 1.0
+    assert lr_factor(50, 100, 50) == 1.0
+    assert lr_factor(75, 100, 50) == pytest.approx(1 - 25 / 51)
+    assert lr_factor(100, 100, 50) == pytest.approx(1 / 51)
+
+
+def test_promotion_criterion():
+    assert is_better({"psnr": 22.0}, None, "psnr")[0]
+    assert is_better({"psnr": 22.0}, {"psnr": 21.0}, "psnr")[0]
+    assert not is_better({"psnr": 21.0}, {"psnr": 21.0}, "psnr")[0]
+    assert is_better({"ab_error": 10.0}, {"ab_error": 11.0}, "ab_error")[0]
+    with pytest.raises(ValueError):
+        is_better({}, None, "beauty")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    make_colour_folder(root)
+    return root
+
+
+def test_retrain_flow_registers_promotes_and_refuses_an_equal_candidate(photos, tmp_path, prefect_api_url):
+    from flows.retrain import retrain
+
+    reg = str(tmp_path / "registry")
+    first = retrain(pairs=str(photos), registry=reg, config=TrainConfig(**TINY))
+    assert first.version == "v1" and first.promoted and "no production model yet" in first.reason
+    registry = Registry(reg)
+    card = registry.card("production")
+    assert card["version"] == "v1" and card["color_mode"] == "lab" and card["arch"]["width"] == 8
+    assert card["training"]["pairs_train"] + card["training"]["pairs_val"] == 8
+    assert len(card["training"]["data_fingerprint"]) == 64 and card["hyperparameters"]["lambda_l1"] == 100.0
+    assert {"psnr", "ssim", "ab_error", "colourfulness_ratio"} <= set(card["metrics"])
+    assert (tmp_path / "registry/versions/v1/samples.png").exists()
+
+    same = retrain(pairs=str(photos), registry=reg, config=TrainConfig(**TINY))  # same seed: same model
+    assert same.version == "v2" and not same.promoted and "does not beat" in same.reason
+    assert registry.aliases()["production"] == "v1"
+    assert registry.card("v2")["parent"] == "v1"
+
+    flagged = retrain(pairs=str(photos), registry=reg, config=TrainConfig(**{**TINY, "seed": 5}), promote=False)
+    assert not flagged.promoted and registry.aliases()["production"] == "v1"
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "colorize.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+
+
+def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env):
+    common = ["train", str(photos), "--width", "8", "--depth", "6", "--image-size", "64", "--batch-size", "2",
+              "--epochs", "6", "--eval-every", "3", "--checkpoint-every", "1", "--val-fraction", "0.25",
+              "--l1-warmup-epochs", "1", "--ema-decay", "0.9", "--device", "cpu"]  # fmt: skip
+    straight = _cli([*common, "--registry", str(tmp_path / "a")], cli_env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    ckpt = tmp_path / "b" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "colorize.cli", *common, "--registry", str(tmp_path / "b")],
+                            env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        start = time.time()
+        while time.time() - start < 300:
+            if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 2:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("no checkpoint appeared")
+    finally:
+        proc.kill()
+        proc.wait()
+    epoch_at_kill = torch.load(ckpt, weights_only=True)["epoch"]
+    assert epoch_at_kill < 6
+    assert not (tmp_path / "b" / "versions").exists()
+
+    resumed = _cli([*common, "--registry", str(tmp_path / "b"), "--resume"], cli_env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = load_file(tmp_path / "a/versions/v1/generator.safetensors")
+    b = load_file(tmp_path / "b/versions/v1/generator.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    hist_a = json.loads((tmp_path / "a/versions/v1/card.json").read_text())["metrics"]
+    hist_b = json.loads((tmp_path / "b/versions/v1/card.json").read_text())["metrics"]
+    assert hist_a == hist_b
+
+    listed = _cli(["models", "list", "--registry", str(tmp_path / "b")], cli_env)
+    assert listed.returncode == 0 and listed.stdout.startswith("v1\tproduction\t") and "psnr=" in listed.stdout
+    shown = _cli(["models", "show", "v1", "--registry", str(tmp_path / "b")], cli_env)
+    assert json.loads(shown.stdout)["version"] == "v1"
+    bad = _cli(["models", "promote", "v9", "--registry", str(tmp_path / "b")], cli_env)
+    assert bad.returncode != 0 and "v9" in bad.stderr
