@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import io
 import logging
+import urllib.request
 import os
 import re
 import socket
@@ -462,8 +463,16 @@ def test_s3_to_s3_with_a_model_in_s3_then_a_rerun_that_skips_by_etag(run, s3, tm
     ledger, raw_ledger = s3_csv(s3, "colour", "1950s/manifest.csv")
     assert ledger["source_uri"].is_unique and len(ledger) == len(statuses)
 
-    for text in (raw, raw_again, raw_ledger, caplog.text.encode()):
+    for text in (raw, raw_again, raw_ledger):
         assert SECRET.encode() not in text and ACCESS_KEY.encode() not in text
+    assert SECRET not in caplog.text and ACCESS_KEY not in caplog.text
+
+    # The run report's link is presigned: it opens over plain HTTPS(/HTTP) with no credentials of
+    # one's own, carries no secret key, and stops working when it expires.
+    link = second.report_url
+    assert link.startswith("http") and f"reports/{second.run_id}.html" in link and SECRET not in link
+    with urllib.request.urlopen(link, timeout=30) as response:
+        assert b"<html" in response.read(2000).lower()
 
 
 def test_local_to_s3_s3_to_local_and_dest_inside_the_source(run, s3, tmp_path, tiny_model, moto_url, monkeypatch):
