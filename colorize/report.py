@@ -98,7 +98,8 @@ def _fit(size: tuple[int, int], side: int = THUMB_SIDE) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _jpeg_uri(img: Image.Image) -> Thumb:
+def jpeg_data_uri(img: Image.Image) -> Thumb:
+    """An image as an inline ``data:image/jpeg`` URI (pages and artifacts that load nothing else)."""
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=THUMB_QUALITY, optimize=True)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
@@ -111,7 +112,7 @@ def gray_thumb(data: bytes) -> Thumb:
     gray = scan.gray if scan.bit_depth == 8 else (scan.gray >> 8).astype(np.uint8)
     w, h = _fit((scan.width, scan.height))
     small = cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (scan.width, scan.height) else gray
-    return _jpeg_uri(Image.fromarray(np.ascontiguousarray(small), "L"))
+    return jpeg_data_uri(Image.fromarray(np.ascontiguousarray(small), "L"))
 
 
 def colour_thumb(data: bytes) -> Thumb:
@@ -121,7 +122,7 @@ def colour_thumb(data: bytes) -> Thumb:
         img = ImageOps.exif_transpose(img) or img
         rgb = img.convert("RGB")
     rgb.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return _jpeg_uri(rgb)
+    return jpeg_data_uri(rgb)
 
 
 class UriReader:

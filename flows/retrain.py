@@ -14,6 +14,7 @@ from prefect.concurrency.sync import concurrency
 
 from colorize.evaluate import eval_pairs
 from colorize.registry import PRODUCTION, Registry
+from colorize.report import jpeg_data_uri
 from colorize.storage import open_storage
 from colorize.training.pairs import LoadedPair, PairProblem, discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import CRITERIA, is_better
@@ -117,7 +118,9 @@ def publish(summary: RetrainSummary, result: TrainResult, registry: str) -> None
     for k, v in summary.metrics.items():
         prod = (summary.production_metrics or {}).get(k)
         lines.append(f"| {k} | {v:.4f} | {'-' if prod is None else f'{prod:.4f}'} |")
-    lines += ["", f"Sample grid (gray, output, truth): `{reg.version_uri(summary.version)}/samples.png`"]
+    lines += ["", f"Held-out samples (gray | model | original), also `{reg.version_uri(summary.version)}/samples.png`:"]
+    if result.grid is not None:
+        lines += ["", f"![samples]({jpeg_data_uri(Image.fromarray(result.grid)).uri})"]
     if summary.problems:
         lines += ["", f"## {len(summary.problems)} pairs skipped", ""]
         lines += [f"- `{p.name}`: {p.reason}" for p in summary.problems[:50]]

@@ -11,7 +11,6 @@ import hashlib
 import http.client
 import io
 import logging
-import urllib.request
 import os
 import re
 import socket
@@ -19,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

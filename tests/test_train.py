@@ -149,6 +149,32 @@ def test_retrain_flow_registers_promotes_and_refuses_an_equal_candidate(photos, 
     flagged = retrain(pairs=str(photos), registry=reg, config=TrainConfig(**{**TINY, "seed": 5}), promote=False)
     assert not flagged.promoted and registry.aliases()["production"] == "v1"
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        summaries = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-summary"]))
+        )
+        tables = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-metrics"])))
+    assert tables and "val_psnr" in str(tables[0].data)
+    assert any("data:image/jpeg;base64," in str(a.data) and "Not promoted" in str(a.data) for a in summaries)
+
+
+def test_fine_tuning_starts_from_the_given_weights(photos, tmp_path, tiny_model):
+    from colorize.modelfile import load_model
+    from colorize.training.pairs import load_pairs
+    from colorize.training.trainer import train
+
+    start = load_model(str(tiny_model))  # width 4, lab; its shape wins over the config's
+    pairs, _ = load_pairs(discover_pairs(str(photos))[0])
+    # Adam with lr 0: the weights cannot move. The tiny model has 8 levels, so it trains on 256 crops.
+    frozen = TrainConfig(**{**TINY, "lr": 0.0, "epochs": 1, "depth": 8, "image_size": 256, "load_size": 286})
+    result = train(frozen, pairs, [], str(tmp_path / "ckpt"), init_from=start)
+    assert result.card["arch"]["width"] == 4
+    for name, tensor in start.generator.state_dict().items():
+        assert torch.equal(result.generator.state_dict()[name], tensor), name
+
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "colorize.cli", *args], env=env, capture_output=True, text=True,
