@@ -186,11 +186,10 @@ def inspect(
     from pathlib import Path
 
     from colorize.provenance import describe, read_provenance
-    from colorize.storage import StorageError, open_storage
+    from colorize.storage import StorageError, read_uri
 
     try:
-        base, _, name = file.rstrip("/").rpartition("/")
-        data = open_storage(base or ("/" if file.startswith("/") else "."), endpoint_url).read_bytes(name)
+        data = read_uri(file, endpoint_url)
         report = read_provenance(data, Path(trust).read_text() if trust else None)
     except (StorageError, FileNotFoundError, PermissionError, ValueError) as err:
         raise _fail(str(err), 1) from None

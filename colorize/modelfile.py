@@ -24,7 +24,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from colorize.color import LAB_NORMALIZATION, NOTEBOOK_NORMALIZATION
 from colorize.model import GeneratorConfig, build_generator, config_from_state_dict
-from colorize.storage import Storage, open_storage
+from colorize.storage import Storage, open_storage, split_uri
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +162,6 @@ def load_notebook_pth(data: bytes, name: str = "notebook") -> LoadedModel:
     return LoadedModel(generator=_generator_from_state(state, config), card=card)
 
 
-def _split(uri: str) -> tuple[str, str]:
-    base, _, name = uri.rstrip("/").rpartition("/")
-    return base or ".", name
-
-
 def resolve_model_spec(spec: str | None = None, registry: str | None = None) -> str:
     """Turn what a user asked for into a concrete model location, loadable by any process.
 
@@ -209,7 +204,7 @@ def model_identity(spec: str) -> str:
     will never run it, e.g. a Dask scheduler's client without a GPU.
     """
     lower = spec.lower()
-    base, name = _split(spec)
+    base, name = split_uri(spec)
     try:
         if lower.endswith((".pth", ".pt")):
             return model_id_for(name.rsplit(".", 1)[0], sha256_hex(open_storage(base).read_bytes(name)))
@@ -237,10 +232,10 @@ def load_model(spec: str | None = None, registry: str | None = None) -> LoadedMo
     lower = spec.lower()
     try:
         if lower.endswith((".pth", ".pt")):
-            base, name = _split(spec)
+            base, name = split_uri(spec)
             return load_notebook_pth(open_storage(base).read_bytes(name), name=name.rsplit(".", 1)[0])
         if lower.endswith(".safetensors"):
-            base, name = _split(spec)
+            base, name = split_uri(spec)
             storage = open_storage(base)
             card = None
             if name == WEIGHTS_FILE and storage.stat(CARD_FILE) is not None:

@@ -36,7 +36,7 @@ import pyexiv2
 from defusedxml import DefusedXmlException
 
 from colorize import __version__
-from colorize.storage import open_storage
+from colorize.storage import read_uri
 
 log = logging.getLogger(__name__)
 
@@ -508,13 +508,6 @@ class SigningKey:
     alg: str  # a c2pa.C2paSigningAlg name: ES256, ES384, ES512, PS256, ED25519
 
 
-def _read_uri(uri: str, endpoint_url: str | None) -> bytes:
-    base, _, name = uri.rstrip("/").rpartition("/")
-    if not base and uri.startswith("/"):
-        base = "/"
-    return open_storage(base or ".", endpoint_url).read_bytes(name)
-
-
 def _private_key(key_pem: bytes) -> Any:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -594,7 +587,7 @@ def load_signing_key(cert_uri: str, key_uri: str, endpoint_url: str | None = Non
     """
     _c2pa()
     try:
-        cert, key_pem = _read_uri(cert_uri, endpoint_url), _read_uri(key_uri, endpoint_url)
+        cert, key_pem = read_uri(cert_uri, endpoint_url), read_uri(key_uri, endpoint_url)
     except FileNotFoundError as err:
         raise ProvenanceError(f"signing certificate or key not found: {err}") from None
     key = _private_key(key_pem)

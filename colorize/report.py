@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 
 from colorize.imaging import decode_scan
 from colorize.manifest import RUNS_PREFIX, STATUSES, read_csv, run_key
-from colorize.storage import Storage, check_key, open_storage
+from colorize.storage import Storage, check_key, open_storage, split_uri
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +138,11 @@ class UriReader:
         self._lock = threading.Lock()
 
     def read(self, uri: str) -> bytes:
-        base, _, name = uri.rpartition("/")
+        base, name = split_uri(uri)
         with self._lock:
             storage = self._storages.get(base)
             if storage is None:
-                storage = self._storages[base] = open_storage(base or ".", self.endpoint_url)
+                storage = self._storages[base] = open_storage(base, self.endpoint_url)
         return storage.read_bytes(name)
 
 

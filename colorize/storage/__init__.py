@@ -99,6 +99,23 @@ def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
     return LocalStorage(uri)
 
 
+def split_uri(uri: str) -> tuple[str, str]:
+    """(parent, name) of a file's URI or path: ``s3://b/p/x.jpg`` -> (``s3://b/p``, ``x.jpg``)."""
+    base, _, name = uri.rstrip("/").rpartition("/")
+    if not base:
+        base = "/" if uri.startswith("/") else "."
+    return base, name
+
+
+def read_uri(uri: str, endpoint_url: str | None = None) -> bytes:
+    """The whole file at a full URI or path (a manifest's ``source_uri``, a CSV's ``gray_uri``).
+
+    Raises FileNotFoundError when it does not exist, StorageError when the storage fails.
+    """
+    base, name = split_uri(uri)
+    return open_storage(base, endpoint_url).read_bytes(name)
+
+
 def join_uri(base: str, key: str) -> str:
     """``base`` + ``/`` + ``key`` for URIs and paths alike."""
     return base.rstrip("/") + "/" + key

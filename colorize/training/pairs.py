@@ -25,7 +25,7 @@ import pandas as pd
 from colorize.color import luma
 from colorize.detect import detect_colour
 from colorize.imaging import SCAN_EXTENSIONS, ScanError, decode_rgb, decode_scan
-from colorize.storage import join_uri, open_storage
+from colorize.storage import join_uri, open_storage, read_uri, split_uri
 
 # Gray and colour of one pair may differ in size (gray/ at 256 beside original/ at full size), but
 # must have the same shape: aspect ratios further apart than this are different pictures.
@@ -108,8 +108,8 @@ def _victorian_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
 
 
 def _csv_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
-    base, _, name = uri.rpartition("/")
-    frame = pd.read_csv(io.BytesIO(open_storage(base or ".").read_bytes(name)), dtype=str, keep_default_na=False)
+    base, _ = split_uri(uri)
+    frame = pd.read_csv(io.BytesIO(read_uri(uri)), dtype=str, keep_default_na=False)
     missing = {"gray_uri", "color_uri"} - set(frame.columns)
     if missing:
         raise PairError(f"{uri} needs the columns gray_uri and color_uri; missing {sorted(missing)}")
@@ -128,9 +128,8 @@ def _csv_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
 
 
 def _read(uri: str) -> bytes:
-    base, _, name = uri.rpartition("/")
     try:
-        return open_storage(base or ".").read_bytes(name)
+        return read_uri(uri)
     except FileNotFoundError:
         raise PairError(f"missing partner: {uri} does not exist") from None
 
