@@ -67,6 +67,16 @@ UPRIGHT: dict[str, Image.Transpose] = {
     "kphotoalbum__pool_2.jpg": Image.Transpose.ROTATE_90,  # turn 90 degrees counter-clockwise
     "kphotoalbum__wayne.jpg": Image.Transpose.ROTATE_270,  # turn 90 degrees clockwise
 }
+# Left out of the training folder, and why (see data/starter-photos/ATTRIBUTIONS.md): a model that
+# ships to archives for any use must not rest on photos whose licence forbids commercial use or is
+# not stated at all.
+EXCLUDED: dict[str, str] = {
+    "lxqt__fog.jpg": "its embedded rights say CC BY-NC-SA 2.0 (non-commercial)",
+    "lxqt__beam.png": "its embedded rights say CC BY-NC-SA 2.0 (non-commercial)",
+    "lxqt__Valendas.png": "its embedded rights say CC BY-NC-SA 1.0 (non-commercial)",
+    "skimage__motorcycle_left.png": "no licence stated in the package (Middlebury 2014 stereo data)",
+    "skimage__motorcycle_right.png": "no licence stated in the package (Middlebury 2014 stereo data)",
+}
 # Turning a JPEG's pixels means encoding it again; at 98 the second generation loss is far below
 # what the training crops and resizing do anyway. All other files are copied byte for byte.
 UPRIGHT_JPEG_QUALITY = 98
@@ -621,19 +631,23 @@ def copy_exact(src: Path, dest: Path, entry: Entry) -> bool:
 
 
 def prepare(entries: list[Entry], src_dir: Path, out_dir: Path) -> list[str]:
-    """Copy the verified photos from ``src_dir`` into the training folder ``out_dir``, turning ``UPRIGHT``.
+    """Copy the verified photos from ``src_dir`` into the training folder ``out_dir``, turning ``UPRIGHT``
+    and leaving out ``EXCLUDED``.
 
     Returns the problems; nothing is written when ``src_dir`` does not verify.
     """
     if src_dir.resolve() == out_dir.resolve():
         return ["prepare needs a separate output folder: it would turn the source photos in place"]
     problems = verify_dir(entries, src_dir)
-    unknown = sorted(set(UPRIGHT) - {entry.dest for entry in entries})
-    problems += [f"{name}: in UPRIGHT but not in the manifest" for name in unknown]
+    unknown = sorted((set(UPRIGHT) | set(EXCLUDED)) - {entry.dest for entry in entries})
+    problems += [f"{name}: in UPRIGHT or EXCLUDED but not in the manifest" for name in unknown]
     if problems:
         return problems
     out_dir.mkdir(parents=True, exist_ok=True)
     copied = turned = 0
+    entries = [entry for entry in entries if entry.dest not in EXCLUDED]
+    for name in EXCLUDED:
+        (out_dir / name).unlink(missing_ok=True)  # a folder prepared before the exclusion
     for entry in entries:
         if entry.dest in UPRIGHT:
             write_upright(src_dir / entry.dest, out_dir / entry.dest, UPRIGHT[entry.dest])
@@ -641,7 +655,8 @@ def prepare(entries: list[Entry], src_dir: Path, out_dir: Path) -> list[str]:
         else:
             copied += copy_exact(src_dir / entry.dest, out_dir / entry.dest, entry)
     kept = len(entries) - copied - turned
-    print(f"prepared {out_dir}: {copied} copied, {kept} already there, {turned} turned upright")
+    print(f"prepared {out_dir}: {copied} copied, {kept} already there, {turned} turned upright, "
+          f"{len(EXCLUDED)} left out (licences)")  # fmt: skip
     return []
 
 

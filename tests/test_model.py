@@ -185,3 +185,21 @@ def test_missing_model_says_how_to_pass_one(tmp_path):
     (tmp_path / "list.pth").write_bytes(buf.getvalue())
     with pytest.raises(ValueError, match="state_dict"):
         load_model(str(tmp_path / "list.pth"))
+
+
+def test_without_any_model_the_error_says_how_to_pass_one(tmp_path, monkeypatch):
+    from colorize import modelfile
+
+    monkeypatch.setattr(modelfile, "PACKAGED_DIR", tmp_path / "no-starter-here")
+    with pytest.raises(ModelNotFoundError, match=r"pass one with --model PATH"):
+        modelfile.resolve_model_spec(None, None)
+
+
+def test_the_packaged_starter_model_is_the_default_and_small():
+    from colorize.modelfile import PACKAGED_DIR, WEIGHTS_FILE, resolve_model_spec
+
+    assert resolve_model_spec(None, None) == str(PACKAGED_DIR)
+    model = load_model()
+    assert model.model_id.startswith("starter@") and model.color_mode == "lab"
+    assert model.card["dtype"] == "float16" and (PACKAGED_DIR / WEIGHTS_FILE).stat().st_size <= 30e6
+    assert all(p.dtype == torch.float32 for p in model.generator.parameters())  # loaded as fp32 for the CPU

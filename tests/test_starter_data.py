@@ -313,16 +313,20 @@ def test_prepare_turns_only_the_table(tmp_path: Path, monkeypatch: pytest.Monkey
     sideways, other = jpeg_bytes((32, 16)), jpeg_bytes((8, 8))
     name = "kphotoalbum__wayne.jpg"
     monkeypatch.setattr(sd, "UPRIGHT", {name: sd.UPRIGHT[name]})
-    entries = sd.read_manifest(write_manifest(tmp_path / "m.tsv", [row(name, sideways), row("other.jpg", other)]))
+    monkeypatch.setattr(sd, "EXCLUDED", {"unlicensed.jpg": "no licence stated"})
+    rows = [row(name, sideways), row("other.jpg", other), row("unlicensed.jpg", other)]
+    entries = sd.read_manifest(write_manifest(tmp_path / "m.tsv", rows))
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     (src / name).write_bytes(sideways)
+    (src / "unlicensed.jpg").write_bytes(other)
     assert sd.prepare(entries, src, out) == ["other.jpg: missing"]  # unverified source: nothing written
     assert not out.exists()
 
     (src / "other.jpg").write_bytes(other)
     assert sd.prepare(entries, src, out) == []
     assert (out / "other.jpg").read_bytes() == other  # byte for byte
+    assert not (out / "unlicensed.jpg").exists()  # left out for its licence
     with Image.open(out / name) as img:
         assert img.size == (16, 32)
         rgb = img.convert("RGB")  # ROTATE_270 turns clockwise: the red left half becomes the top half
