@@ -53,13 +53,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG of the held-out photos")
     parser.add_argument("--sheet-rows", type=int, default=12)
+    parser.add_argument(
+        "--split",
+        choices=["val", "train"],
+        default="val",
+        help="measure on the held-out photos (default) or the training photos",
+    )
+    parser.add_argument("--chroma-scales", help="also measure the model with its chroma scaled, e.g. 0.8,0.9")
     args = parser.parse_args()
 
     model = load_model(args.model)
     fraction = args.val_fraction or float(model.card.get("hyperparameters", {}).get("val_fraction", 0.1))
     found, _ = discover_pairs(args.photos)
     loaded, refused = load_pairs(found)
-    val = [p for p in loaded if is_validation(p.name, fraction)]
+    val = [p for p in loaded if is_validation(p.name, fraction) == (args.split == "val")]
     train = [p for p in loaded if not is_validation(p.name, fraction)]
     images = [eval_size(p.rgb, args.long_side) if args.long_side else p.rgb for p in val]
     grays = [
@@ -69,11 +76,16 @@ def main() -> None:
 
     reports = {
         "model": evaluate(images, colorizer.predict_ab, grays=grays),
+        **{
+            f"model x{scale}": evaluate(images, lambda g, s=float(scale): colorizer.predict_ab(g) * s, grays=grays)
+            for scale in (args.chroma_scales.split(",") if args.chroma_scales else [])
+        },
         "gray": evaluate(images, gray_baseline, grays=grays),
         "mean_chroma": evaluate(images, mean_chroma_baseline(mean_ab([p.rgb for p in train])), grays=grays),
     }
     size = f"long side <= {args.long_side}" if args.long_side else "full resolution"
-    print(f"model {model.model_id}; {len(val)} held-out photos (val fraction {fraction}), {len(train)} train, "
+    what = "held-out" if args.split == "val" else "training"
+    print(f"model {model.model_id}; {len(val)} {what} photos (val fraction {fraction}), {len(train)} train, "
           f"{len(refused)} refused; compared at {size}")  # fmt: skip
     print(f"{'':12s} {'PSNR':>7s} {'SSIM':>7s} {'ab err':>7s} {'colourf.':>9s} {'ratio':>7s} {'|diff|':>7s}")
     for name, r in reports.items():

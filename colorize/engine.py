@@ -85,6 +85,9 @@ class Colorizer:
         self.device = pick_device(device)
         self.backend = pick_backend(backend, self.device)
         self.image_size = int(model.card.get("image_size", 256))
+        # A calibration of how strongly the model's colour is applied, chosen after training and
+        # recorded in its card (see MODEL_CARD.md); 1 leaves the model's chroma as it is.
+        self.chroma_scale = float(model.card.get("chroma_scale", 1.0))
         self.generator = model.generator.to(self.device).eval()
         self._cuda = self.device.type == "cuda"
         self._ort = None
@@ -145,9 +148,10 @@ class Colorizer:
             gray: (B, S, S) float32 gray in [0, 1], as from :func:`model_input`.
 
         Returns:
-            (B, S, S, 2) float32 ab.
+            (B, S, S, 2) float32 ab, times the card's ``chroma_scale`` (1 unless the model was calibrated).
         """
         if self.model.color_mode == "rgb":
             return rgb_to_lab(self.predict_rgb(gray))[..., 1:]
-        x = normalize_l(gray_to_lightness(gray))[:, None]  # (B, 1, S, S)
-        return denormalize_ab(self.forward(x).transpose(0, 2, 3, 1))  # (B, S, S, 2)
+        x = normalize_l(gray_to_lightness(gray)).reshape(len(gray), 1, *gray.shape[1:])  # (B, 1, S, S)
+        ab = denormalize_ab(self.forward(x).transpose(0, 2, 3, 1))  # (B, S, S, 2)
+        return ab * self.chroma_scale if self.chroma_scale != 1.0 else ab

@@ -17,14 +17,16 @@ _lock = threading.Lock()
 
 
 @lru_cache(maxsize=2)
-def _colorizer(model_spec: str, device: str, backend: str) -> Colorizer:
-    return Colorizer(load_model(model_spec), device=device, backend=backend)
+def _colorizer(model_spec: str, device: str, backend: str, endpoint_url: str | None) -> Colorizer:
+    return Colorizer(load_model(model_spec, endpoint_url=endpoint_url), device=device, backend=backend)
 
 
-def get_colorizer(model_spec: str, device: str = "auto", backend: str = "auto") -> Colorizer:
+def get_colorizer(
+    model_spec: str, device: str = "auto", backend: str = "auto", endpoint_url: str | None = None
+) -> Colorizer:
     """The colorizer for a resolved model spec on a device, loaded on first use in this process."""
     with _lock:  # two shards starting together in one process must not load it twice
-        return _colorizer(model_spec, device, backend)
+        return _colorizer(model_spec, device, backend, endpoint_url)
 
 
 def loads() -> int:

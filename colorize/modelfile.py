@@ -162,7 +162,7 @@ def load_notebook_pth(data: bytes, name: str = "notebook") -> LoadedModel:
     return LoadedModel(generator=_generator_from_state(state, config), card=card)
 
 
-def resolve_model_spec(spec: str | None = None, registry: str | None = None) -> str:
+def resolve_model_spec(spec: str | None = None, registry: str | None = None, endpoint_url: str | None = None) -> str:
     """Turn what a user asked for into a concrete model location, loadable by any process.
 
     Args:
@@ -179,7 +179,7 @@ def resolve_model_spec(spec: str | None = None, registry: str | None = None) -> 
 
     try:
         if spec is None and registry:
-            return Registry(registry).version_uri(PRODUCTION)
+            return Registry(registry, endpoint_url=endpoint_url).version_uri(PRODUCTION)
         if spec is None:
             if not (PACKAGED_DIR / WEIGHTS_FILE).exists():
                 raise ModelNotFoundError(
@@ -189,7 +189,7 @@ def resolve_model_spec(spec: str | None = None, registry: str | None = None) -> 
                 )
             return str(PACKAGED_DIR)
         if not spec.lower().endswith((".pth", ".pt", ".safetensors")):
-            storage = open_storage(spec)
+            storage = open_storage(spec, endpoint_url)
             if storage.stat(WEIGHTS_FILE) is None and storage.stat("aliases.json") is not None:
                 return Registry(spec, storage).version_uri(PRODUCTION)
     except KeyError as err:
@@ -197,7 +197,7 @@ def resolve_model_spec(spec: str | None = None, registry: str | None = None) -> 
     return spec
 
 
-def model_identity(spec: str) -> str:
+def model_identity(spec: str, endpoint_url: str | None = None) -> str:
     """The ``model_id`` of a resolved model spec, from its card and a hash of its weights.
 
     Cheap (no network is built), so a flow can name its model in the manifest on a machine that
@@ -207,12 +207,12 @@ def model_identity(spec: str) -> str:
     base, name = split_uri(spec)
     try:
         if lower.endswith((".pth", ".pt")):
-            return model_id_for(name.rsplit(".", 1)[0], sha256_hex(open_storage(base).read_bytes(name)))
+            return model_id_for(name.rsplit(".", 1)[0], sha256_hex(open_storage(base, endpoint_url).read_bytes(name)))
         if lower.endswith(".safetensors"):
-            data = open_storage(base).read_bytes(name)
+            data = open_storage(base, endpoint_url).read_bytes(name)
             card = _header_card(data)
         else:
-            storage = open_storage(spec)
+            storage = open_storage(spec, endpoint_url)
             data, card = storage.read_bytes(WEIGHTS_FILE), json.loads(storage.read_bytes(CARD_FILE))
     except FileNotFoundError as err:
         raise _not_found(spec, err) from None
@@ -226,22 +226,22 @@ def _not_found(spec: str, err: Exception) -> ModelNotFoundError:
     )
 
 
-def load_model(spec: str | None = None, registry: str | None = None) -> LoadedModel:
+def load_model(spec: str | None = None, registry: str | None = None, endpoint_url: str | None = None) -> LoadedModel:
     """Resolve (see :func:`resolve_model_spec`) and load a model for inference."""
-    spec = resolve_model_spec(spec, registry)
+    spec = resolve_model_spec(spec, registry, endpoint_url)
     lower = spec.lower()
     try:
         if lower.endswith((".pth", ".pt")):
             base, name = split_uri(spec)
-            return load_notebook_pth(open_storage(base).read_bytes(name), name=name.rsplit(".", 1)[0])
+            return load_notebook_pth(open_storage(base, endpoint_url).read_bytes(name), name=name.rsplit(".", 1)[0])
         if lower.endswith(".safetensors"):
             base, name = split_uri(spec)
-            storage = open_storage(base)
+            storage = open_storage(base, endpoint_url)
             card = None
             if name == WEIGHTS_FILE and storage.stat(CARD_FILE) is not None:
                 card = json.loads(storage.read_bytes(CARD_FILE))
             return load_safetensors_model(storage.read_bytes(name), card)
-        storage = open_storage(spec)
+        storage = open_storage(spec, endpoint_url)
         card = json.loads(storage.read_bytes(CARD_FILE))
         return load_safetensors_model(storage.read_bytes(WEIGHTS_FILE), card)
     except FileNotFoundError as err:

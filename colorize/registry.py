@@ -30,8 +30,8 @@ _VERSION = re.compile(r"^v(\d+)$")
 class Registry:
     """Versions of a model under one storage root."""
 
-    def __init__(self, uri: str, storage: Storage | None = None):
-        self.storage = storage or open_storage(uri)
+    def __init__(self, uri: str, storage: Storage | None = None, endpoint_url: str | None = None):
+        self.storage = storage or open_storage(uri, endpoint_url)
         self.uri = self.storage.uri
 
     def versions(self) -> list[str]:

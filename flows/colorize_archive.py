@@ -46,7 +46,8 @@ def start_run(
 ) -> RunOptions:
     """Check both ends, resolve the model, and fold in manifests that killed runs left behind."""
     logger = get_run_logger()
-    src, dst = open_storage(source, options.get("endpoint_url")), open_storage(dest, options.get("endpoint_url"))
+    endpoint = options.get("endpoint_url")
+    src, dst = open_storage(source, endpoint), open_storage(dest, endpoint)  # type: ignore[arg-type]
     if next(iter(src.list()), None) is None:  # also raises StorageError when the source is missing
         logger.warning("source %s holds no files", src.uri)
     run_id = new_run_id()
@@ -54,8 +55,8 @@ def start_run(
         logger.warning("run %s ended without finishing its manifest: folding in its records", orphan)
         finish_run(dst, orphan)
     check_destination(src, dst)
-    spec = resolve_model_spec(model, registry)
-    model_id = model_identity(spec)  # the shards load the model, wherever they run
+    spec = resolve_model_spec(model, registry, endpoint)  # type: ignore[arg-type]
+    model_id = model_identity(spec, endpoint)  # type: ignore[arg-type]  # shards load the model, wherever they run
     logger.info("run %s: %s -> %s with model %s", run_id, src.uri, dst.uri, model_id)
     opts = RunOptions(run_id=run_id, source=src.uri, dest=dst.uri, model=spec, model_id=model_id, **options)  # type: ignore[arg-type]
     if opts.sign_cert and opts.sign_key:  # a certificate C2PA refuses stops the run here, not per file
@@ -68,7 +69,9 @@ def colorize_shard(opts: RunOptions, shard: Shard) -> dict[str, int]:
     """Colorize one shard and record its rows at the destination as soon as it is done."""
     logger = get_run_logger()
     source, dest = open_storage(opts.source, opts.endpoint_url), open_storage(opts.dest, opts.endpoint_url)
-    processor = ShardProcessor(opts, get_colorizer(opts.model, opts.device, opts.backend), source, dest)
+    processor = ShardProcessor(
+        opts, get_colorizer(opts.model, opts.device, opts.backend, opts.endpoint_url), source, dest
+    )
     rows = processor.run(shard.items)
     write_part(dest, opts.run_id, shard.name, rows)
     counts = Counter(r.status for r in rows)

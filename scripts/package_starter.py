@@ -27,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
     parser.add_argument("--out", default=str(PACKAGED_DIR))
+    parser.add_argument("--chroma-scale", type=float, help="calibration recorded in the card (see MODEL_CARD.md)")
     args = parser.parse_args()
     model = load_model(args.model)
     card = {k: v for k, v in model.card.items() if k not in ("sha256", "model_id", "dtype")}
@@ -35,6 +36,8 @@ def main() -> None:
         "trained_as": model.model_id,
         "model_card": "MODEL_CARD.md in the project's repository: data, licences and attributions, measurements",
     }
+    if args.chroma_scale is not None:
+        card["chroma_scale"] = args.chroma_scale
     saved = save_model(open_storage(args.out), model.generator, card, dtype=torch.float16)
     size = (Path(args.out) / WEIGHTS_FILE).stat().st_size / 1e6
     if size > MAX_MB:

@@ -46,3 +46,12 @@ def test_model_input_squashes_to_the_model_size_in_unit_range():
     x8 = model_input(gray_image(300, 500))
     assert x16.shape == x8.shape == (256, 256) and x16.dtype == np.float32
     assert 0 <= x8.min() and x8.max() <= 1 and np.abs(x16 - x8).mean() < 0.01
+
+
+def test_a_cards_chroma_scale_scales_the_predicted_colour(tiny_model):
+    gray = model_input(gray_image(64, 64))[None]
+    plain = Colorizer(load_model(str(tiny_model)), device="cpu", backend="torch")
+    calibrated_model = load_model(str(tiny_model))
+    calibrated_model.card["chroma_scale"] = 0.5
+    calibrated = Colorizer(calibrated_model, device="cpu", backend="torch")
+    assert np.allclose(calibrated.predict_ab(gray), 0.5 * plain.predict_ab(gray), atol=1e-5)

@@ -16,6 +16,7 @@ from PIL import Image
 from colorize import model_cache
 from colorize.imaging import decode_scan
 from colorize.manifest import COLUMNS
+from colorize.modelfile import load_model
 from colorize.storage.local import TEMP_PREFIX
 from tests.helpers import encode, gray_image, make_archive, write
 
@@ -191,6 +192,12 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
 
     missing = _cli(["run", str(tmp_path / "nothing-here"), str(tmp_path / "out2"), "--model", str(tiny_model)], cli_env)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+    default = _cli(["run", str(src), str(tmp_path / "out-default")], cli_env)  # the packaged starter model
+    assert default.returncode == 0, default.stderr
+    rows = pd.read_csv(tmp_path / "out-default/manifest.csv", dtype=str, keep_default_na=False)
+    assert set(rows.loc[rows["status"] == "colorized", "model_id"]) == {load_model().model_id}
+    assert load_model().model_id.startswith("starter@")
 
     no_model = _cli(["run", str(src), str(tmp_path / "out3"), "--model", str(tmp_path / "no-model")], cli_env)
     assert no_model.returncode != 0 and "--model" in no_model.stderr

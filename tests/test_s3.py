@@ -481,9 +481,13 @@ def test_local_to_s3_s3_to_local_and_dest_inside_the_source(run, s3, tmp_path, t
         write(tmp_path / "scans" / key, data)
     put_many(s3, "scans", {f"in/{k}": v for k, v in scans.items()})
 
-    # local -> S3, with the endpoint given as an option (boto3's environment points nowhere).
+    # local -> S3, with the endpoint given as an option (boto3's environment points nowhere); the
+    # model is read from S3 through the same option.
+    for name in ("generator.safetensors", "card.json"):
+        s3.put_object(Bucket="models", Key=f"mixed/v1/{name}", Body=(tiny_model / name).read_bytes())
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
-    up = run(source=str(tmp_path / "scans"), dest="s3://colour/mixed/", model=str(tiny_model), endpoint_url=moto_url)
+    up = run(source=str(tmp_path / "scans"), dest="s3://colour/mixed/", model="s3://models/mixed/v1",
+             endpoint_url=moto_url)  # fmt: skip
     assert up.counts == {"colorized": 2}
     rows, _ = s3_csv(s3, "colour", "mixed/manifest.csv")
     assert set(rows["output_uri"]) == {"s3://colour/mixed/one.png", "s3://colour/mixed/sub/two.jpg"}

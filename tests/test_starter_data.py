@@ -332,3 +332,23 @@ def test_prepare_turns_only_the_table(tmp_path: Path, monkeypatch: pytest.Monkey
         rgb = img.convert("RGB")  # ROTATE_270 turns clockwise: the red left half becomes the top half
         assert rgb.getpixel((8, 4))[0] > 200 and rgb.getpixel((8, 28))[2] > 200
     assert sd.prepare(entries, src, src)[0].startswith("prepare needs a separate output folder")
+
+
+def test_every_starter_photo_is_credited() -> None:
+    from scripts.check_attributions import DEFAULT_DIR, missing_dests
+
+    total, missing = missing_dests(DEFAULT_DIR)
+    assert total == 204 and missing == []
+    excluded = set(sd.EXCLUDED)
+    text = (DEFAULT_DIR / "ATTRIBUTIONS.md").read_text(encoding="utf-8")
+    assert all(f"`{name}`" in text for name in excluded)
+
+
+def test_the_model_card_lists_every_photo_with_its_attribution() -> None:
+    from scripts.check_attributions import DEFAULT_DIR, missing_dests
+
+    card = DEFAULT_DIR.parent.parent / "MODEL_CARD.md"
+    attributions = (DEFAULT_DIR / "ATTRIBUTIONS.md").read_text(encoding="utf-8")
+    section = attributions[attributions.index("## Attributions by package") :]
+    assert section in card.read_text(encoding="utf-8")  # the card carries the attributions verbatim
+    assert missing_dests(DEFAULT_DIR)[1] == []
