@@ -22,6 +22,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from colorize.color import colourfulness, luma, merge_chroma, rgb_to_lab
 from colorize.engine import model_input
+from colorize.imaging import shrink
 from colorize.training.pairs import LoadedPair
 
 PredictAB = Callable[[np.ndarray], np.ndarray]  # (B, S, S) gray in [0, 1] -> (B, S, S, 2) ab
@@ -61,12 +62,8 @@ class QualityReport:
 
 
 def eval_size(rgb: np.ndarray, long_side: int = EVAL_LONG_SIDE) -> np.ndarray:
-    """Shrink (H, W, 3) uint8 so its long side is at most ``long_side``."""
-    h, w = rgb.shape[:2]
-    scale = long_side / max(h, w)
-    if scale >= 1:
-        return rgb
-    return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    """(H, W, 3) uint8 at evaluation size: long side at most ``long_side``."""
+    return shrink(rgb, long_side)
 
 
 def eval_pairs(pairs: Sequence[LoadedPair]) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -114,13 +114,14 @@ def _on_white(rgb_or_gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _preview(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    scale = PREVIEW_SIZE / max(h, w)
+def shrink(image: np.ndarray, long_side: int) -> np.ndarray:
+    """Shrink (H, W[, C]) so its long side is at most ``long_side`` (area filter; never enlarged)."""
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w)
     if scale >= 1:
-        return np.ascontiguousarray(rgb)
+        return np.ascontiguousarray(image)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
@@ -151,7 +152,7 @@ def _to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
     if arr.shape[2] == 4:
         arr = _on_white(arr[..., :3], arr[..., 3])
     rgb = np.ascontiguousarray(arr[..., :3])
-    return luma(rgb), _preview(rgb), 8
+    return luma(rgb), shrink(rgb, PREVIEW_SIZE), 8
 
 
 def _load_upright(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int, str, tuple[float, float] | None]:
