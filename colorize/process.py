@@ -66,7 +66,9 @@ class ShardProcessor:
         self.dest = dest
         self.model_sha256 = str(colorizer.model.card.get("sha256", ""))
         # Files are processed in parallel by our own threads; OpenCV splitting each call over every
-        # core on top of that multiplied the threads: on 16 cores, 3.5x the CPU per image (measured).
+        # core on top of that multiplies the threads. Suspected cause of the 16-core H200 run's
+        # 0.139 CPU-s per scan without the model, against 0.047 on 2 cores (bench/RESULTS.md); the
+        # cap was not re-measured there.
         cv2.setNumThreads(1)
         signing = opts.sign_cert and opts.sign_key
         self.signing_key = load_signing_key(opts.sign_cert, opts.sign_key, opts.endpoint_url) if signing else None

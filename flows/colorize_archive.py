@@ -50,11 +50,11 @@ def start_run(
     src, dst = open_storage(source, endpoint), open_storage(dest, endpoint)  # type: ignore[arg-type]
     if next(iter(src.list()), None) is None:  # also raises StorageError when the source is missing
         logger.warning("source %s holds no files", src.uri)
+    check_destination(src, dst)  # before anything is written at the destination
     run_id = new_run_id()
     for orphan in unfinished_runs(dst, exclude=run_id):
         logger.warning("run %s ended without finishing its manifest: folding in its records", orphan)
         finish_run(dst, orphan)
-    check_destination(src, dst)
     spec = resolve_model_spec(model, registry, endpoint)  # type: ignore[arg-type]
     model_id = model_identity(spec, endpoint)  # type: ignore[arg-type]  # shards load the model, wherever they run
     logger.info("run %s: %s -> %s with model %s", run_id, src.uri, dst.uri, model_id)
@@ -143,9 +143,11 @@ def colorize_shards(opts: RunOptions, on_dask: bool = False, in_flight: int = 8,
     bar = tqdm(unit="file", desc="colorize", disable=not progress)
     pending: list[PrefectFuture[dict[str, int]]] = []
     for unit in plan(opts, src, dst, Ledger.load(dst)):
-        with shard_resources(on_dask, opts.device):
-            task_ = colorize_shard if isinstance(unit, Shard) else record_skips
-            pending.append(task_.submit(opts, unit))
+        if isinstance(unit, Shard):
+            with shard_resources(on_dask, opts.device):  # only shards need a GPU, not skip records
+                pending.append(colorize_shard.submit(opts, unit))
+        else:
+            pending.append(record_skips.submit(opts, unit))
         while len(pending) >= in_flight:
             oldest = pending.pop(0)
             bar.update(sum(oldest.result().values()))  # .result() waits, and re-raises a shard's fatal error
