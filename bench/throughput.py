@@ -8,8 +8,11 @@
 (c) pipeline    ours: list, read, decode, luminance, resize, forward, full-resolution merge,
                 encode, atomic write, manifest
 (d) io_only     (c) with the forward pass skipped: the I/O and colour cost alone
+(e) pipeline_cpu_codecs  on CUDA only: (c) with JPEGs decoded, merged and encoded on the CPU
+                (``gpu_jpeg=False``), to measure what the GPU's JPEG lane gains
 
-The folder is N gray scans: 1600x1200 JPEGs at quality 90, and one in 20 a 16-bit 2400x1800 TIFF.
+The folder is N gray scans: 1600x1200 JPEGs at quality 90, and one in 20 (``--tiff-every``) a
+16-bit 2400x1800 TIFF.
 Printed: images/s of each, c/a and c/b, cores, CPU seconds per image of c against b + d, and the
 peak RSS of each measurement. ``--json`` writes one object per measurement plus the run's facts.
 """
@@ -141,7 +144,7 @@ def _scan(size: tuple[int, int], seed: int, bits: int) -> np.ndarray:
     return np.clip(img * top, 0, top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
-def build_folder(root: Path, n: int) -> None:
+def build_folder(root: Path, n: int, tiff_every: int = TIFF_EVERY) -> None:
     """N scans under root/scans/batch-XX/, written from a few distinct images (fast to build)."""
     pool = root / "pool"
     pool.mkdir(parents=True, exist_ok=True)
@@ -153,7 +156,7 @@ def build_folder(root: Path, n: int) -> None:
     tiff = pool / "t.tif"
     Image.fromarray(_scan(TIFF_SIZE, 99, 16)).save(tiff, compression="tiff_adobe_deflate")
     for i in range(n):
-        src = tiff if i % TIFF_EVERY == TIFF_EVERY - 1 else jpegs[i % len(jpegs)]
+        src = tiff if tiff_every and i % tiff_every == tiff_every - 1 else jpegs[i % len(jpegs)]
         dst = root / "scans" / f"batch-{i // 100:03d}" / f"scan-{i:05d}{src.suffix}"
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
@@ -195,13 +198,16 @@ class NoModel(Colorizer):
     def predict_ab(self, gray: np.ndarray) -> np.ndarray:
         return np.zeros((*gray.shape, 2), dtype=np.float32)
 
+    def predict_ab_tensor(self, gray: torch.Tensor) -> torch.Tensor:
+        return gray.new_zeros((gray.shape[0], 2, *gray.shape[1:]))
 
-def pipeline(src: Path, dest: Path, colorizer: Colorizer, batch: int, shard_size: int) -> None:
+
+def pipeline(src: Path, dest: Path, colorizer: Colorizer, batch: int, shard_size: int, gpu_jpeg: bool = True) -> None:
     """(c)/(d): what a colorize run's tasks do, without Prefect around them."""
     source, target = open_storage(str(src)), open_storage(str(dest))
     opts = RunOptions(run_id=new_run_id(), source=source.uri, dest=target.uri, model="bench",
                       model_id=colorizer.model_id, batch_size=batch, shard_size=shard_size,
-                      device=str(colorizer.device))  # fmt: skip
+                      device=str(colorizer.device), gpu_jpeg=gpu_jpeg)  # fmt: skip
     processor = ShardProcessor(opts, colorizer, source, target)
     for unit in plan(opts, source, target, Ledger.load(target)):
         rows = processor.run(unit.items) if isinstance(unit, Shard) else unit.rows
@@ -238,17 +244,22 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=256)
     parser.add_argument("--seed-n", type=int, help="images for (a), default min(n, 50)")
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument(
+        "--tiff-every", type=int, default=TIFF_EVERY, help="one scan in this many a 16-bit TIFF (0: none)"
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="colorize-bench-"))
-    build_folder(work, args.n)
+    build_folder(work, args.n, args.tiff_every)
     files = sorted((work / "scans").rglob("scan-*"))
     model = bench_model(args.width, args.model, work)
     colorizer = Colorizer(model, device=args.device, backend=args.backend)
     null = NoModel(model, device=args.device, backend="torch")
     cores = len(os.sched_getaffinity(0))
     model_only(args.batch_size, args.batch_size, colorizer)  # warm-up: allocator, kernels, caches
+    build_folder(work / "warm-up", 2 * args.batch_size, args.tiff_every)  # ... and codecs (nvJPEG's set-up)
+    pipeline(work / "warm-up" / "scans", work / "warm-up" / "out", colorizer, args.batch_size, args.shard_size)
 
     seed_n = args.seed_n or min(args.n, 50)
     results = [
@@ -259,6 +270,17 @@ def main() -> None:
         measure("io_only", args.n,
                 lambda: pipeline(work / "scans", work / "out-d", null, args.batch_size, args.shard_size), device),
     ]  # fmt: skip
+    if device.type == "cuda":  # (c) again with JPEGs decoded, merged and encoded on the CPU: what the JPEG lane gains
+        results.append(
+            measure(
+                "pipeline_cpu_codecs",
+                args.n,
+                lambda: pipeline(
+                    work / "scans", work / "out-e", colorizer, args.batch_size, args.shard_size, gpu_jpeg=False
+                ),
+                device,
+            )
+        )
     m = {r.name: r for r in results}
     a, b, c, d = m["seed_loop"], m["model_only"], m["pipeline"], m["io_only"]
     ceiling = cores / (b.cpu_s_per_image + d.cpu_s_per_image)
@@ -277,6 +299,8 @@ def main() -> None:
         "cpu_c_over_b_plus_d": round(c.cpu_s_per_image / (b.cpu_s_per_image + d.cpu_s_per_image), 3),
         "c_over_core_ceiling": round(c.images_per_s / ceiling, 3),
     }
+    if "pipeline_cpu_codecs" in m:
+        summary["c_over_cpu_codecs"] = round(c.images_per_s / m["pipeline_cpu_codecs"].images_per_s, 3)
     out = {r.name: r.as_dict() for r in results} | summary
     for r in results:
         print(f"{r.name:11s} {r.images_per_s:8.2f} img/s  {r.cpu_s_per_image:7.4f} CPU-s/img  "
@@ -284,6 +308,8 @@ def main() -> None:
     print(f"cores {cores}, device {summary['device']}, backend {colorizer.backend}, "
           f"width {summary['model_width']}, batch {args.batch_size}")  # fmt: skip
     print(f"c/a = {summary['c_over_a']}   c/b = {summary['c_over_b']}")
+    if "pipeline_cpu_codecs" in m:
+        print(f"JPEG lane: c / (c with CPU codecs) = {summary['c_over_cpu_codecs']}")
     print(f"CPU-s/img: c {c.cpu_s_per_image:.4f} vs b + d {b.cpu_s_per_image + d.cpu_s_per_image:.4f} "
           f"-> ratio {summary['cpu_c_over_b_plus_d']} (target <= 1.15)")  # fmt: skip
     print(f"c reaches {summary['c_over_core_ceiling']} of the ceiling cores/(cpu_b + cpu_d) = {ceiling:.2f} img/s "

@@ -76,6 +76,12 @@ def run(
         str | None, typer.Option(help="Run shards on this Dask scheduler (tcp://host:8786).")
     ] = None,
     dask_local: Annotated[int, typer.Option(min=0, help="Run shards on a local Dask cluster of N processes.")] = 0,
+    gpu_jpeg: Annotated[
+        bool, typer.Option(help="On a GPU, decode, merge and encode JPEG scans there (nvJPEG).")
+    ] = True,
+    gpu_slot: Annotated[
+        str | None, typer.Option(help="Hold this Prefect global concurrency limit while using the GPU.")
+    ] = None,
 ) -> None:
     """Colorize every gray scan under SOURCE into DEST, and record it in DEST/manifest.csv.
 
@@ -92,7 +98,7 @@ def run(
             shard_size=shard_size, device=device.value, backend=backend.value, force=force, redo_older=redo_older,
             colorize_color=colorize_color, output_format=output_format.value,
             max_megapixels=max_megapixels, endpoint_url=endpoint_url, progress=True,
-            dask_address=dask_address, dask_local=dask_local,
+            dask_address=dask_address, dask_local=dask_local, gpu_jpeg=gpu_jpeg, gpu_slot=gpu_slot,
             sign_cert=sign_with[0] if sign_with else None, sign_key=sign_with[1] if sign_with else None,
         )  # fmt: skip
     except (ModelNotFoundError, StorageError, FileNotFoundError, PermissionError, ValueError, RuntimeError) as err:

@@ -169,6 +169,32 @@ def upsample_ab(ab: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(ab, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def despeckle_ab(ab: np.ndarray, k: int) -> np.ndarray:
+    """Median filter of side ``k`` over model-size chroma: removes isolated specks of colour.
+
+    A small generator puts speckled, mixed chroma on textured surfaces (fur, grass, gravel); true
+    chroma is smooth at the model's 256x256, so a median removes the specks and keeps colour edges.
+    Values are rounded to whole ab units first (OpenCV's larger medians work on 8 bits; 1 unit is
+    under half a just-noticeable difference).
+
+    Args:
+        ab: (..., S, S, 2) float32 chroma, values within [-128, 127].
+        k: the window's side, odd; 1 or less returns ``ab`` as it is.
+
+    Returns:
+        Same shape, float32.
+    """
+    if k <= 1:
+        return ab
+    flat = ab.reshape(-1, *ab.shape[-3:])
+    codes = np.clip(np.rint(flat) + 128.0, 0, 255).astype(np.uint8)
+    out = np.empty(flat.shape, dtype=np.float32)
+    for i, img in enumerate(codes):
+        for c in range(2):
+            out[i, ..., c] = cv2.medianBlur(np.ascontiguousarray(img[..., c]), k)
+    return (out - 128.0).reshape(ab.shape)
+
+
 def merge_chroma(gray: np.ndarray, ab: np.ndarray) -> np.ndarray:
     """Put model chroma on the scan's own luminance, at the scan's own resolution.
 

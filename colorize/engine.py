@@ -14,9 +14,13 @@ import cv2
 import numpy as np
 import torch
 
+from colorize import tensor_color
 from colorize.color import (
+    AB_SCALE,
+    L_SCALE,
     NOTEBOOK_NORMALIZATION,
     denormalize_ab,
+    despeckle_ab,
     gray_to_lightness,
     max_value,
     normalize_l,
@@ -88,6 +92,8 @@ class Colorizer:
         # A calibration of how strongly the model's colour is applied, chosen after training and
         # recorded in its card (see MODEL_CARD.md); 1 leaves the model's chroma as it is.
         self.chroma_scale = float(model.card.get("chroma_scale", 1.0))
+        # Likewise: the side of the median filter that removes specks from the chroma (1: none).
+        self.chroma_median = int(model.card.get("chroma_median", 1))
         self.generator = model.generator.to(self.device).eval()
         self._cuda = self.device.type == "cuda"
         self._ort = None
@@ -121,11 +127,16 @@ class Colorizer:
         """Raw generator forward pass: (B, C_in, S, S) float32 -> (B, C_out, S, S) float32 in [-1, 1]."""
         if self._ort is not None:
             return self._ort(x)
-        t = self._to_tensor(x)
+        return self._forward_tensor(self._to_tensor(x)).cpu().numpy()
+
+    def _forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, S, S) float32 on the device -> (B, C_out, S, S) float32 on the device."""
+        if self._ort is not None:
+            return torch.from_numpy(self._ort(x.cpu().numpy())).to(x.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self._cuda else nullcontext()
         with autocast:
-            y = self.generator(t)
-        return y.float().cpu().numpy()
+            y = self.generator(x.contiguous(memory_format=torch.channels_last) if self._cuda else x)
+        return y.float()
 
     def predict_rgb(self, gray: np.ndarray) -> np.ndarray:
         """``rgb``-mode models only: the notebook's own output, denormalised.
@@ -148,10 +159,26 @@ class Colorizer:
             gray: (B, S, S) float32 gray in [0, 1], as from :func:`model_input`.
 
         Returns:
-            (B, S, S, 2) float32 ab, times the card's ``chroma_scale`` (1 unless the model was calibrated).
+            (B, S, S, 2) float32 ab, times the card's ``chroma_scale`` and through its ``chroma_median``
+            (1 and none unless the model was calibrated).
         """
         if self.model.color_mode == "rgb":
             return rgb_to_lab(self.predict_rgb(gray))[..., 1:]
         x = normalize_l(gray_to_lightness(gray)).reshape(len(gray), 1, *gray.shape[1:])  # (B, 1, S, S)
         ab = denormalize_ab(self.forward(x).transpose(0, 2, 3, 1))  # (B, S, S, 2)
-        return ab * self.chroma_scale if self.chroma_scale != 1.0 else ab
+        return despeckle_ab(ab * self.chroma_scale if self.chroma_scale != 1.0 else ab, self.chroma_median)
+
+    @torch.inference_mode()
+    def predict_ab_tensor(self, gray: torch.Tensor) -> torch.Tensor:
+        """:meth:`predict_ab` for images already on the device (``lab``-mode models).
+
+        Args:
+            gray: (B, S, S) float32 gray in [0, 1], on :attr:`device`.
+
+        Returns:
+            (B, 2, S, S) float32 ab on :attr:`device`, calibrated as :meth:`predict_ab`'s.
+        """
+        if self.model.color_mode != "lab":
+            raise ValueError("predict_ab_tensor needs a lab-mode model")
+        x = (tensor_color.gray_to_lightness(gray) / L_SCALE - 1.0)[:, None]  # (B, 1, S, S), as normalize_l
+        return tensor_color.despeckle_ab(self._forward_tensor(x) * (AB_SCALE * self.chroma_scale), self.chroma_median)

@@ -94,7 +94,7 @@ def _decode_error(err: Exception, part: str) -> ScanError:
     return ScanError(f"corrupt image {part}: {text}")
 
 
-def _dpi(img: Image.Image) -> tuple[float, float] | None:
+def dpi_of(img: Image.Image) -> tuple[float, float] | None:
     dpi = img.info.get("dpi")
     if not dpi:
         return None
@@ -172,7 +172,7 @@ def _load_upright(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int, 
             f"{max_pixels / 1e6:.1f} MP (raise --max-megapixels to allow it)"
         )
     pages = int(getattr(img, "n_frames", 1) or 1)
-    mode, dpi = img.mode, _dpi(img)
+    mode, dpi = img.mode, dpi_of(img)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": orientation then stays as is
@@ -275,6 +275,21 @@ def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = No
         options.update(quality=JPEG_QUALITY, method=4)
     img.save(buf, format=fmt, **options)
     return buf.getvalue()
+
+
+def set_jpeg_dpi(data: bytes, dpi: tuple[float, float] | None) -> bytes:
+    """Record a resolution in a JPEG's JFIF header (APP0), adding the header if the encoder wrote none.
+
+    For encoders that take no resolution (nvJPEG). ``dpi`` None records none (units 0, aspect 1:1),
+    as Pillow writes when it is given none.
+    """
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG: no start-of-image marker")
+    unit, (x, y) = (1, (min(65535, max(1, round(v))) for v in dpi)) if dpi else (0, (1, 1))  # 1: dots per inch
+    density = bytes([unit]) + x.to_bytes(2, "big") + y.to_bytes(2, "big")
+    if data[2:4] == b"\xff\xe0" and data[6:11] == b"JFIF\x00":
+        return data[:13] + density + data[18:]
+    return data[:2] + b"\xff\xe0\x00\x10JFIF\x00\x01\x01" + density + b"\x00\x00" + data[2:]
 
 
 def _encode_16bit(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -> bytes:

@@ -42,6 +42,7 @@ class RunOptions:
     shard_size: int = 256
     device: str = "auto"
     backend: str = "auto"  # auto: ONNX Runtime on a CPU when installed, else PyTorch
+    gpu_jpeg: bool = True  # on a GPU, decode, merge and encode JPEG scans there (colorize.jpeg_lane)
     force: bool = False
     redo_older: bool = False
     colorize_color: bool = False

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
 from colorize.color import merge_chroma
 from colorize.detect import detect_colour
 from colorize.engine import Colorizer, model_input
 from colorize.imaging import Scan, ScanError, content_type, decode_scan, encode_image
+from colorize.jpeg_lane import Decoded, JpegHeader, JpegLane, read_header
 from colorize.manifest import ManifestRow, format_mtime
 from colorize.plan import RunOptions, WorkItem, done_row
 from colorize.provenance import (
@@ -43,12 +45,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Prepared:
     item: WorkItem
-    scan: Scan
-    small: np.ndarray  # (S, S) float32 gray in [0, 1]
+    scan: Scan | JpegHeader  # decoded on the CPU, or (JPEG lane) only its header read so far
+    small: np.ndarray | None  # (S, S) float32 gray in [0, 1]; None in the JPEG lane (made on the GPU)
     sha256: str
     started: float
     source_meta: SourceMetadata  # the scan's descriptive metadata, carried into the output
     source_bytes: bytes | None = None  # the scan's bytes, kept until written only when signing (C2PA ingredient)
+    jpeg: bytes | None = None  # JPEG lane: the file's bytes, kept until the GPU has decoded them
 
 
 def io_workers() -> int:
@@ -72,6 +75,9 @@ class ShardProcessor:
         cv2.setNumThreads(1)
         signing = opts.sign_cert and opts.sign_key
         self.signing_key = load_signing_key(opts.sign_cert, opts.sign_key, opts.endpoint_url) if signing else None
+        on_gpu = colorizer.device.type == "cuda" and colorizer.model.color_mode == "lab"
+        self.lane = JpegLane(colorizer.device) if opts.gpu_jpeg and on_gpu else None
+        self._gpu_encoder: ThreadPoolExecutor | None = None  # the lane's merge/encode thread, during run()
 
     def _row(self, item: WorkItem, status: str, reason: str = "", **kw: object) -> ManifestRow:
         return ManifestRow(
@@ -80,7 +86,7 @@ class ShardProcessor:
             reason=reason, **kw,  # type: ignore[arg-type]
         )  # fmt: skip
 
-    def _scan_fields(self, scan: Scan, sha: str) -> dict[str, object]:
+    def _scan_fields(self, scan: Scan | JpegHeader, sha: str) -> dict[str, object]:
         return dict(
             source_sha256=sha, width=scan.width, height=scan.height, mode=scan.mode,
             bit_depth=scan.bit_depth, pages=scan.pages,
@@ -96,30 +102,58 @@ class ShardProcessor:
         if item.verify_sha256 and sha == item.verify_sha256 and item.previous is not None:
             obj = ObjectInfo(item.key, item.size, item.mtime, item.etag)
             return done_row(self.opts, self.source, obj, item.previous, "content unchanged (same sha256)")
+        header = read_header(data, self.opts.max_pixels) if self.lane and item.output_format == "JPEG" else None
+        if header is not None:
+            meta = source_metadata(data)
+            if (row := self._already_ours(item, header, sha, meta, started)) is not None:
+                return row
+            return _Prepared(item, header, None, sha, started, meta, data if self.signing_key else None, jpeg=data)
+        return self._decode(item, data, sha, started)
+
+    def _decode(self, item: WorkItem, data: bytes, sha: str, started: float) -> _Prepared | ManifestRow:
+        """The CPU way: decode, check for colour, and reduce to the model's input."""
         try:
             scan = decode_scan(data, self.opts.max_pixels)
         except ScanError as err:
             return self._row(item, "failed", str(err), source_sha256=sha, seconds=time.perf_counter() - started)
-        if scan.preview is not None and not self.opts.colorize_color:
-            verdict = detect_colour(scan.preview)
-            if verdict.is_colour:
-                return self._row(
-                    item, "skipped_color", verdict.reason, seconds=time.perf_counter() - started,
-                    **self._scan_fields(scan, sha),
-                )  # fmt: skip
+        if (row := self._colour_row(item, scan, scan.preview, sha, started)) is not None:
+            return row
         meta = source_metadata(data)
-        if meta.colorized_by_us and not self.opts.colorize_color:
-            # The colour detector's backstop: a timid model's output can look toned, not coloured.
-            reason = "already colorized: its metadata says archive-colorize made it; pass --colorize-color to redo"
-            return self._row(
-                item, "skipped_color", reason, seconds=time.perf_counter() - started, **self._scan_fields(scan, sha)
-            )
+        if (row := self._already_ours(item, scan, sha, meta, started)) is not None:
+            return row
         small = model_input(scan.gray, self.colorizer.image_size)
         return _Prepared(item, scan, small, sha, started, meta, data if self.signing_key else None)
 
+    def _colour_row(
+        self, item: WorkItem, scan: Scan | JpegHeader, preview: np.ndarray | None, sha: str, started: float
+    ) -> ManifestRow | None:
+        """The ``skipped_color`` row of a source in colour (unless colour sources are asked for)."""
+        if preview is None or self.opts.colorize_color:
+            return None
+        verdict = detect_colour(preview)
+        if not verdict.is_colour:
+            return None
+        fields = self._scan_fields(scan, sha)
+        return self._row(item, "skipped_color", verdict.reason, seconds=time.perf_counter() - started, **fields)
+
+    def _already_ours(
+        self, item: WorkItem, scan: Scan | JpegHeader, sha: str, meta: SourceMetadata, started: float
+    ) -> ManifestRow | None:
+        """The colour detector's backstop: a timid model's output can look toned, not coloured."""
+        if not meta.colorized_by_us or self.opts.colorize_color:
+            return None
+        reason = "already colorized: its metadata says archive-colorize made it; pass --colorize-color to redo"
+        fields = self._scan_fields(scan, sha)
+        return self._row(item, "skipped_color", reason, seconds=time.perf_counter() - started, **fields)
+
     def _finish(self, p: _Prepared, ab: np.ndarray) -> ManifestRow:
+        assert isinstance(p.scan, Scan)
         rgb = merge_chroma(p.scan.gray, ab)
-        data, provenance = self._mark(p, encode_image(rgb, p.item.output_format, p.scan.dpi))
+        return self._deliver(p, encode_image(rgb, p.item.output_format, p.scan.dpi))
+
+    def _deliver(self, p: _Prepared, encoded: bytes) -> ManifestRow:
+        """Mark an encoded output with its provenance, write it, and make its row."""
+        data, provenance = self._mark(p, encoded)
         self.dest.write_bytes(p.item.output_key, data, content_type(p.item.output_format))
         return self._row(
             p.item, "colorized", output_uri=self.dest.uri_for(p.item.output_key),
@@ -164,6 +198,8 @@ class ShardProcessor:
         with (
             ThreadPoolExecutor(workers, thread_name_prefix="decode") as readers,
             ThreadPoolExecutor(workers, thread_name_prefix="encode") as writers,
+            # The JPEG lane merges and encodes here, overlapping the next batch's decoding and model.
+            ThreadPoolExecutor(1, thread_name_prefix="gpu-encode") as self._gpu_encoder,
         ):
             writes: deque[tuple[int, Future[ManifestRow | _Prepared]]] = deque()
 
@@ -177,20 +213,23 @@ class ShardProcessor:
                     if on_row:
                         on_row(row)
 
-            batch: list[tuple[int, _Prepared]] = []
+            # Batches of one kind: decoded on the CPU, or JPEG bytes for the GPU to decode.
+            batches: dict[bool, list[tuple[int, _Prepared]]] = {False: [], True: []}
             for index, prepared in self._prefetch(readers, items, window):
                 if isinstance(prepared, ManifestRow):
                     rows[index] = prepared
                     if on_row:
                         on_row(prepared)
                     continue
+                batch = batches[prepared.jpeg is not None]
                 batch.append((index, prepared))
                 if len(batch) == self.opts.batch_size:
                     self._predict(batch, writers, writes)
-                    batch = []
+                    batch.clear()
                 collect(keep=window)  # bounds the full-resolution images held in memory
-            if batch:
-                self._predict(batch, writers, writes)
+            for batch in batches.values():
+                if batch:
+                    self._predict(batch, writers, writes)
             collect(keep=0)
         return [rows[i] for i in range(len(items))]
 
@@ -217,15 +256,106 @@ class ShardProcessor:
         writers: ThreadPoolExecutor,
         writes: deque[tuple[int, Future[ManifestRow | _Prepared]]],
     ) -> None:
-        gray = np.stack([p.small for _, p in batch])  # (B, S, S)
+        if batch[0][1].jpeg is not None:
+            self._predict_on_gpu(batch, writers, writes)
+            return
+        gray = np.stack([p.small for _, p in batch if p.small is not None])  # (B, S, S)
         try:
             ab = self.colorizer.predict_ab(gray)  # (B, S, S, 2)
         except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM on a huge batch: record, go on
             log.exception("model failed on a batch")
-            for index, p in batch:
-                fut: Future[ManifestRow | _Prepared] = Future()
-                fut.set_result(self._row(p.item, "failed", f"model failed on this batch: {type(err).__name__}: {err}"))
-                writes.append((index, fut))
+            self._fail_batch(batch, writes, f"model failed on this batch: {type(err).__name__}: {err}")
             return
         for (index, p), chroma in zip(batch, ab, strict=True):
             writes.append((index, writers.submit(self._guard, p.item, lambda p=p, c=chroma: self._finish(p, c))))
+
+    def _predict_on_gpu(
+        self,
+        batch: list[tuple[int, _Prepared]],
+        writers: ThreadPoolExecutor,
+        writes: deque[tuple[int, Future[ManifestRow | _Prepared]]],
+    ) -> None:
+        """The JPEG lane: decode, predict, merge and encode on the GPU; the writers mark and write."""
+        assert self.lane is not None
+        decoded = self.lane.decode([p.jpeg or b"" for _, p in batch], [p.scan for _, p in batch])  # type: ignore[misc]
+        ready: list[tuple[int, _Prepared, Decoded]] = []
+        on_cpu: list[tuple[int, _Prepared]] = []
+        for (index, p), d in zip(batch, decoded, strict=True):
+            data, p.jpeg = p.jpeg or b"", None
+            if d is None:  # the GPU decoder refused it: the CPU way decodes it, or says what is wrong
+                row_or_p = self._guard(p.item, lambda p=p, data=data: self._decode(p.item, data, p.sha256, p.started))
+                if isinstance(row_or_p, ManifestRow):
+                    writes.append((index, _done(row_or_p)))
+                else:
+                    on_cpu.append((index, row_or_p))
+            elif (row := self._colour_row(p.item, p.scan, d.preview, p.sha256, p.started)) is not None:
+                writes.append((index, _done(row)))
+            else:
+                ready.append((index, p, d))
+        if on_cpu:
+            self._predict(on_cpu, writers, writes)
+        if not ready:
+            return
+        grays = [d.gray for _, _, d in ready]
+        try:
+            ab = self.colorizer.predict_ab_tensor(self.lane.model_input(grays, self.colorizer.image_size))
+        except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM on a huge batch: record, go on
+            log.exception("model failed on a batch")
+            reason = f"model failed on this batch: {type(err).__name__}: {err}"
+            self._fail_batch([(i, p) for i, p, _ in ready], writes, reason)
+            return
+        outputs: list[Future[ManifestRow | _Prepared]] = [Future() for _ in ready]
+        writes.extend((index, fut) for (index, _, _), fut in zip(ready, outputs, strict=True))
+        prepared = [p for _, p, _ in ready]
+        assert self._gpu_encoder is not None
+        self._gpu_encoder.submit(self._merge_encode_deliver, prepared, grays, ab, outputs, writers)
+
+    def _merge_encode_deliver(
+        self,
+        prepared: list[_Prepared],
+        grays: list[torch.Tensor],
+        ab: torch.Tensor,
+        outputs: list[Future[ManifestRow | _Prepared]],
+        writers: ThreadPoolExecutor,
+    ) -> None:
+        """On the encoder thread: merge and encode a batch on the GPU, then hand each file to a writer.
+
+        Every future in ``outputs`` gets resolved, with a row or with the error that stops the run,
+        so that the shard never waits forever.
+        """
+        assert self.lane is not None
+        try:
+            encoded = self.lane.merge_encode(grays, ab, [p.scan.dpi for p in prepared])
+        except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM: these files fail, the run goes on
+            log.exception("GPU merge or encode failed on a batch")
+            for p, fut in zip(prepared, outputs, strict=True):
+                fut.set_result(self._row(p.item, "failed", f"GPU failed on this batch: {type(err).__name__}: {err}"))
+            return
+        for p, data, fut in zip(prepared, encoded, outputs, strict=True):
+            written = writers.submit(self._guard, p.item, lambda p=p, d=data: self._deliver(p, d))
+            written.add_done_callback(lambda w, fut=fut: _pass_on(w, fut))
+
+    def _fail_batch(
+        self,
+        batch: list[tuple[int, _Prepared]],
+        writes: deque[tuple[int, Future[ManifestRow | _Prepared]]],
+        reason: str,
+    ) -> None:
+        for index, p in batch:
+            writes.append((index, _done(self._row(p.item, "failed", reason))))
+
+
+def _pass_on(source: Future[ManifestRow | _Prepared], target: Future[ManifestRow | _Prepared]) -> None:
+    """Resolve ``target`` as ``source`` was: with its row, or with the error that stops the run."""
+    err = source.exception()
+    if err is not None:
+        target.set_exception(err)
+    else:
+        target.set_result(source.result())
+
+
+def _done(row: ManifestRow) -> Future[ManifestRow | _Prepared]:
+    """A row that is already made, queued among the writes so that rows keep their order."""
+    fut: Future[ManifestRow | _Prepared] = Future()
+    fut.set_result(row)
+    return fut

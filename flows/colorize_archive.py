@@ -166,6 +166,7 @@ def colorize_archive(
     shard_size: int = 256,
     device: str = "auto",
     backend: str = "auto",
+    gpu_jpeg: bool = True,  # on a GPU, decode, merge and encode JPEG scans there (colorize/jpeg_lane.py)
     force: bool = False,
     redo_older: bool = False,
     colorize_color: bool = False,
@@ -184,7 +185,7 @@ def colorize_archive(
 ) -> RunSummary:
     """Colorize every gray scan under ``source`` into ``dest``, skipping what is already done."""
     options = dict(
-        batch_size=batch_size, shard_size=shard_size, device=device, backend=backend, force=force,
+        batch_size=batch_size, shard_size=shard_size, device=device, backend=backend, gpu_jpeg=gpu_jpeg, force=force,
         redo_older=redo_older, colorize_color=colorize_color, output_format=output_format,
         max_pixels=int(max_megapixels * 1e6), endpoint_url=endpoint_url, sign_cert=sign_cert, sign_key=sign_key,
     )  # fmt: skip

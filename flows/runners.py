@@ -13,7 +13,9 @@ from typing import Any
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 # A Dask worker advertises this resource when it has a GPU (``dask worker --resources GPU=1``);
-# a shard that runs on CUDA asks for one, so two shards never share a GPU.
+# a shard that runs on CUDA asks for one, so a worker runs one GPU shard at a time. On one GPU host,
+# ``--dask-local K`` makes K such workers share the GPU: several processes are what lifts a GPU run
+# past one process's GIL-bound per-file work (bench/processes.py, bench/RESULTS.md).
 GPU_RESOURCE = "GPU"
 
 

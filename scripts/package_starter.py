@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--out", default=str(PACKAGED_DIR))
     parser.add_argument("--chroma-scale", type=float, help="calibration recorded in the card (see MODEL_CARD.md)")
+    parser.add_argument("--chroma-median", type=int, help="despeckling median side recorded in the card (likewise)")
     args = parser.parse_args()
     model = load_model(args.model)
     card = {k: v for k, v in model.card.items() if k not in ("sha256", "model_id", "dtype")}
@@ -38,6 +39,8 @@ def main() -> None:
     }
     if args.chroma_scale is not None:
         card["chroma_scale"] = args.chroma_scale
+    if args.chroma_median is not None:
+        card["chroma_median"] = args.chroma_median
     saved = save_model(open_storage(args.out), model.generator, card, dtype=torch.float16)
     size = (Path(args.out) / WEIGHTS_FILE).stat().st_size / 1e6
     if size > MAX_MB:

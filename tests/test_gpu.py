@@ -6,19 +6,22 @@ Skipped where PyTorch sees no GPU (CI has none); run on a GPU machine with
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from colorize.color import merge_chroma
 from colorize.engine import Colorizer, model_input
 from colorize.imaging import decode_scan
 from colorize.manifest import new_run_id
-from colorize.modelfile import load_model
+from colorize.modelfile import PACKAGED_DIR, load_model
 from colorize.plan import RunOptions, WorkItem
 from colorize.process import ShardProcessor
 from colorize.storage import open_storage
-from tests.helpers import encode, gray_image, make_model, write
+from tests.helpers import colour_image, encode, gray_image, make_model, write
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -51,3 +54,52 @@ def test_shard_on_cuda_colorizes_every_file(tmp_path):
     for row in rows:
         scan = decode_scan((tmp_path / "out" / row.output_uri.rsplit("/", 1)[-1]).read_bytes())
         assert (scan.width, scan.height) == (row.width, row.height)
+
+
+def test_jpeg_lane_on_cuda_gives_the_cpu_paths_results(tmp_path):
+    model = tmp_path / "starter"
+    shutil.copytree(PACKAGED_DIR, model)
+    src = tmp_path / "src"
+    for i in range(6):  # two sizes: the lane merges same-sized scans together
+        write(
+            src / f"g{i}.jpg", encode(gray_image(600 + 40 * (i % 2), 800, seed=i), "JPEG", quality=90, dpi=(300, 300))
+        )
+    write(src / "rgb-gray.jpg", encode(np.repeat(gray_image(300, 400, seed=9)[..., None], 3, axis=2), "JPEG"))
+    write(src / "progressive.jpg", encode(gray_image(210, 250, seed=5), "JPEG", progressive=True))
+    write(src / "colour.jpg", encode(colour_image(200, 300), "JPEG", quality=90))
+    write(src / "cut.jpg", encode(gray_image(200, 300), "JPEG")[:2500])
+    write(src / "deep.tif", encode(gray_image(120, 160, dtype=np.uint16), "TIFF"))
+    loaded = load_model(str(model))
+    results = {}
+    for device in ("cpu", "cuda"):
+        opts = RunOptions(run_id=new_run_id(), source=str(src), dest=str(tmp_path / device), model=str(model),
+                          model_id=loaded.model_id, batch_size=4, device=device)  # fmt: skip
+        source, dest = open_storage(opts.source), open_storage(opts.dest)
+        items = [WorkItem(o.key, o.size, o.mtime, None, o.key, "TIFF" if o.key.endswith(".tif") else "JPEG")
+                 for o in source.list()]  # fmt: skip
+        processor = ShardProcessor(opts, Colorizer(loaded, device=device), source, dest)
+        assert (processor.lane is not None) == (device == "cuda")  # on by default on a GPU
+        results[device] = processor.run(items)
+
+    def fields(r):  # a colour verdict's reason quotes measurements, from a preview made on the GPU
+        return (r.source_uri, r.status, r.width, r.height, r.mode, r.reason if r.status == "failed" else "")
+
+    assert [fields(r) for r in results["cuda"]] == [fields(r) for r in results["cpu"]]
+    assert sum(r.status == "colorized" for r in results["cuda"]) == 9
+    for row in results["cuda"]:
+        if row.status != "colorized":
+            continue
+        name = row.output_uri.rsplit("/", 1)[1]
+        ours, theirs = Image.open(tmp_path / "cuda" / name), Image.open(tmp_path / "cpu" / name)
+        assert ours.size == theirs.size and ours.info.get("dpi") == theirs.info.get("dpi")
+        diff = np.abs(np.asarray(ours).astype(int) - np.asarray(theirs))
+        assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 6, name  # bf16 forward, nvJPEG codecs
+
+
+def test_jpeg_lane_can_be_turned_off(tmp_path):
+    make_model(tmp_path / "m", width=8)
+    model = load_model(str(tmp_path / "m"))
+    opts = RunOptions(run_id=new_run_id(), source=str(tmp_path), dest=str(tmp_path / "out"), model=str(tmp_path / "m"),
+                      model_id=model.model_id, device="cuda", gpu_jpeg=False)  # fmt: skip
+    source, dest = open_storage(opts.source), open_storage(opts.dest)
+    assert ShardProcessor(opts, Colorizer(model, device="cuda"), source, dest).lane is None

@@ -1,0 +1,128 @@
+"""Images/s of each stage of the JPEG lane alone, to say which one bounds a GPU run.
+
+    python bench/lane_stages.py [--device cuda] [--batch-size B] [--batches N] [--json PATH]
+
+Stages, each timed over the same batches of 1600x1200 gray JPEGs (quality 90) already in memory:
+
+decode        nvJPEG decode of a batch (``JpegLane.decode``)
+model_input   squash to 256x256 and the forward pass (``model_input`` + ``predict_ab_tensor``)
+merge_encode  full-resolution merge and nvJPEG encode, bytes back on the host (``merge_encode``)
+merge, encode the two halves of merge_encode
+host_side     what the CPU does per scan around them, on one thread: sha256 of source and output,
+              header, metadata read and provenance embed (``process.py``'s work besides the codecs);
+              and the same on ``--threads`` threads at once (does it scale, or hold the GIL?)
+
+The model is a random-weight generator of ``--width`` (speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.throughput import JPEG_SIZE, _scan  # noqa: E402  (the same scans)
+from colorize.engine import Colorizer  # noqa: E402
+from colorize.jpeg_lane import JpegLane, read_header  # noqa: E402
+from colorize.model import GeneratorConfig, build_generator, init_weights  # noqa: E402
+from colorize.modelfile import LoadedModel, new_card  # noqa: E402
+from colorize.provenance import ProvenanceInfo, embed, source_metadata  # noqa: E402
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Seconds per call, after one warm-up call."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=16, help="threads for the host side's parallel measurement")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(width=args.width)
+    generator = build_generator(cfg)
+    init_weights(generator)
+    model = LoadedModel(generator.eval(), new_card("bench", cfg, "lab"))
+    colorizer = Colorizer(model, device=args.device, backend="torch")
+    lane = JpegLane(device)
+    sources = [_gray_jpeg(i) for i in range(4)]
+    datas = [sources[i % len(sources)] for i in range(args.batch_size)]
+    headers = [read_header(d, 10**9) for d in datas]
+    assert all(h is not None for h in headers)
+    decoded = lane.decode(datas, headers)  # type: ignore[arg-type]
+    assert all(d is not None for d in decoded), "the decoder refused the bench's JPEGs"
+    grays = [d.gray for d in decoded]  # type: ignore[union-attr]
+    ab = colorizer.predict_ab_tensor(lane.model_input(grays, 256))
+    dpis = [None] * len(grays)
+    outputs = lane.merge_encode(grays, ab, dpis)
+    meta = source_metadata(datas[0])
+    info = ProvenanceInfo("file:///archive/scan.jpg", "0" * 64, "bench@0", "1" * 64, "run")
+
+    def host_side() -> None:
+        for data, out in zip(datas[:16], outputs[:16], strict=True):
+            hashlib.sha256(data).hexdigest()
+            read_header(data, 10**9)
+            source_metadata(data)
+            hashlib.sha256(embed(out, "JPEG", meta, info)).hexdigest()
+
+    n = args.batch_size
+    rgbs = lane.merge(grays, ab)
+    with ThreadPoolExecutor(args.threads) as pool:
+        host_threads = timed(lambda: list(pool.map(lambda _: host_side(), range(args.threads))), device, 1)
+    per_call = {
+        "decode": (timed(lambda: lane.decode(datas, headers), device, args.batches), n),  # type: ignore[arg-type]
+        "merge": (timed(lambda: lane.merge(grays, ab), device, args.batches), n),
+        "encode": (timed(lambda: lane.encode(rgbs, dpis), device, args.batches), n),
+        "model_input": (
+            timed(lambda: colorizer.predict_ab_tensor(lane.model_input(grays, 256)), device, args.batches),
+            n,
+        ),
+        "merge_encode": (timed(lambda: lane.merge_encode(grays, ab, dpis), device, args.batches), n),
+        "host_side": (timed(host_side, device, 1), 16),
+        f"host_side_{args.threads}_threads": (host_threads, 16 * args.threads),
+    }
+    out = {name: {"images_per_s": round(count / s, 1), "ms_per_image": round(1000 * s / count, 3)}
+           for name, (s, count) in per_call.items()}  # fmt: skip
+    out["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    out["batch_size"], out["width"] = n, args.width
+    for name, (s, count) in per_call.items():
+        print(f"{name:13s} {count / s:9.1f} img/s  {1000 * s / count:7.3f} ms/img")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
+def _gray_jpeg(seed: int) -> bytes:
+    """A 1600x1200 gray JPEG at quality 90, as ``bench/throughput.py`` makes them."""
+    buf = io.BytesIO()
+    Image.fromarray(_scan(JPEG_SIZE, seed, 8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""JPEG scans decoded, colour-merged and encoded on the GPU, a batch at a time.
+
+On a GPU host the CPU work around the model (decoding, the full-resolution merge and encoding:
+about 0.05 CPU-s per 1600x1200 scan) bounds a run, not the GPU (``bench/RESULTS.md``). For the
+common case, 8-bit JPEG scans written back as JPEG, this lane moves that work to the GPU: nvJPEG
+decodes a batch, the merge is tensor maths (:mod:`colorize.tensor_color`) and nvJPEG encodes. The
+CPU is left reading, hashing, carrying metadata and writing. What the lane cannot take (other
+formats, CMYK, files nvJPEG refuses) goes the CPU way, which also names any fault in a file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+from colorize import tensor_color
+from colorize.imaging import JPEG_QUALITY, PREVIEW_SIZE, dpi_of, set_jpeg_dpi
+
+log = logging.getLogger(__name__)
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec, which the GPU images we
+# deploy on do not have yet; the call is the same, so the warning only fills the logs.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
+
+_EXIF_ORIENTATION = 0x0112
+# Images merged at once: bounds the float temporaries (about 100 MB per 2 MP scan) on small GPUs.
+_MERGE_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class JpegHeader:
+    """A JPEG the lane can take, as its header describes it. Same fields as :class:`~colorize.imaging.Scan`
+    where a manifest row needs them.
+
+    Attributes:
+        width, height: the upright image's size (after the EXIF orientation).
+        mode: ``L`` (one component) or ``RGB`` (YCbCr or RGB).
+        orientation: the EXIF orientation, 1 (as stored) to 8.
+        dpi: the recorded resolution, if any.
+    """
+
+    width: int
+    height: int
+    mode: str
+    orientation: int
+    dpi: tuple[float, float] | None
+    bit_depth: int = 8
+    format: str = "JPEG"
+    pages: int = 1
+
+
+def read_header(data: bytes, max_pixels: int) -> JpegHeader | None:
+    """The header of a JPEG this lane can take; None for anything else.
+
+    None sends a file the CPU way, whose decoder reports what is wrong with it, if anything (over
+    the pixel limit, corrupt, ...); nothing is decided here that the CPU path would decide otherwise.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+            if img.format != "JPEG" or img.mode not in ("L", "RGB"):
+                return None
+            width, height = img.size
+            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - any doubt about the header: the CPU path decides and explains
+        return None
+    if not 0 < width * height <= max_pixels:
+        return None
+    if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None  # no end-of-image marker: cut short, which nvJPEG decodes without a word (seen on an H200)
+    orientation = orientation if orientation in range(1, 9) else 1
+    if orientation >= 5:
+        width, height = height, width
+    return JpegHeader(width, height, img.mode, orientation, dpi_of(img))
+
+
+def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation as Pillow's ``ImageOps.exif_transpose`` does: (C, H, W) -> (C, H', W')."""
+    hw = (-2, -1)
+    return {
+        1: lambda x: x,
+        2: lambda x: x.flip(-1),
+        3: lambda x: x.flip(hw),
+        4: lambda x: x.flip(-2),
+        5: lambda x: x.transpose(-2, -1),
+        6: lambda x: torch.rot90(x, -1, hw),
+        7: lambda x: x.transpose(-2, -1).flip(hw),
+        8: lambda x: torch.rot90(x, 1, hw),
+    }[orientation](image)
+
+
+@dataclass
+class Decoded:
+    """A scan decoded on the device: its gray at full resolution and, for RGB files, a preview."""
+
+    gray: torch.Tensor  # (H, W) uint8, upright, on the device
+    preview: np.ndarray | None  # (h, w, 3) uint8 RGB, long side at most 256, on the host; RGB files only
+
+
+def _tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+class JpegLane:
+    """Decodes, merges and encodes JPEG scans in batches on one device (a GPU; a CPU in tests)."""
+
+    def __init__(self, device: torch.device, quality: int = JPEG_QUALITY):
+        self.device = device
+        self.quality = quality
+
+    def _decode_all(self, datas: Sequence[bytes], mode: ImageReadMode) -> list[torch.Tensor | None]:
+        if not datas:
+            return []
+        try:  # one batched call: nvJPEG decodes the whole batch together
+            return list(decode_jpeg([_tensor(d) for d in datas], mode=mode, device=self.device))
+        except RuntimeError:
+            pass  # one bad file fails the whole call: find which, one by one
+        out: list[torch.Tensor | None] = []
+        for data in datas:
+            try:
+                out.append(decode_jpeg(_tensor(data), mode=mode, device=self.device))
+            except RuntimeError as err:
+                log.info("GPU decoder refused a JPEG, the CPU will decode it: %s", err)
+                out.append(None)
+        return out
+
+    def decode(self, datas: Sequence[bytes], headers: Sequence[JpegHeader]) -> list[Decoded | None]:
+        """Decode a batch; None where the decoder refuses a file (it then goes the CPU way)."""
+        out: list[Decoded | None] = [None] * len(datas)
+        for mode, read_mode in (("L", ImageReadMode.GRAY), ("RGB", ImageReadMode.RGB)):
+            picked = [i for i, h in enumerate(headers) if h.mode == mode]
+            images = self._decode_all([datas[i] for i in picked], read_mode)
+            for i, image in zip(picked, images, strict=True):
+                if image is None:
+                    continue
+                image = upright(image, headers[i].orientation)
+                if image.shape[-2:] != (headers[i].height, headers[i].width):
+                    continue  # the decoder disagrees with the header: leave it to the CPU path
+                if mode == "L":
+                    out[i] = Decoded(image[0], None)
+                else:
+                    out[i] = Decoded(tensor_color.luma(image[None])[0], self._preview(image))
+        return out
+
+    def _preview(self, rgb: torch.Tensor) -> np.ndarray:
+        """(3, H, W) uint8 -> the colour detector's (h, w, 3) uint8 preview, as ``imaging.shrink`` sizes it."""
+        h, w = rgb.shape[-2:]
+        scale = PREVIEW_SIZE / max(h, w)
+        small = rgb[None].float()
+        if scale < 1:
+            small = tensor_color.resize_area(small, max(1, round(h * scale)), max(1, round(w * scale)))
+        return small[0].round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+    def model_input(self, grays: Sequence[torch.Tensor], size: int) -> torch.Tensor:
+        """Full-resolution grays -> (B, size, size) float32 in [0, 1], squashed as :func:`engine.model_input`."""
+        return torch.cat([tensor_color.resize_area(g[None, None].float() / 255.0, size, size)[:, 0] for g in grays])
+
+    def merge(self, grays: Sequence[torch.Tensor], ab: torch.Tensor) -> list[torch.Tensor]:
+        """Put the chroma on each gray at full resolution.
+
+        Args:
+            grays: (H_i, W_i) uint8 on the device.
+            ab: (B, 2, S, S) float32 chroma on the device, one per gray.
+
+        Returns:
+            (3, H_i, W_i) uint8 sRGB on the device, one per gray.
+        """
+        rgbs: list[torch.Tensor] = [torch.empty(0)] * len(grays)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, g in enumerate(grays):
+            by_size.setdefault((int(g.shape[0]), int(g.shape[1])), []).append(i)  # same-sized scans merge at once
+        for same in by_size.values():
+            for start in range(0, len(same), _MERGE_CHUNK):
+                chunk = same[start : start + _MERGE_CHUNK]
+                merged = tensor_color.merge_chroma(torch.stack([grays[i] for i in chunk]), ab[chunk])
+                for i, rgb in zip(chunk, merged, strict=True):
+                    rgbs[i] = rgb
+        return rgbs
+
+    def encode(self, rgbs: Sequence[torch.Tensor], dpis: Sequence[tuple[float, float] | None]) -> list[bytes]:
+        """(3, H, W) uint8 images on the device -> JPEG bytes on the host, each with its resolution."""
+        encoded = encode_jpeg(list(rgbs), quality=self.quality)
+        return [set_jpeg_dpi(e.cpu().numpy().tobytes(), dpi) for e, dpi in zip(encoded, dpis, strict=True)]
+
+    def merge_encode(
+        self, grays: Sequence[torch.Tensor], ab: torch.Tensor, dpis: Sequence[tuple[float, float] | None]
+    ) -> list[bytes]:
+        """:meth:`merge`, then :meth:`encode`."""
+        return self.encode(self.merge(grays, ab), dpis)

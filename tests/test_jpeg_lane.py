@@ -1,0 +1,166 @@
+"""The JPEG lane: the GPU's way through a shard must give what the CPU's way gives.
+
+Everything here runs the lane's real code on the CPU (torchvision decodes and encodes JPEGs there
+too); ``tests/test_gpu.py`` runs it on a GPU.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from colorize import tensor_color
+from colorize.color import despeckle_ab, gray_to_lightness, luma, merge_chroma
+from colorize.engine import Colorizer, model_input
+from colorize.imaging import DEFAULT_MAX_PIXELS, decode_scan, set_jpeg_dpi
+from colorize.jpeg_lane import JpegLane, read_header
+from colorize.manifest import new_run_id
+from colorize.modelfile import PACKAGED_DIR, load_model
+from colorize.plan import RunOptions, WorkItem
+from colorize.process import ShardProcessor
+from colorize.provenance import read_provenance
+from colorize.storage import open_storage
+from tests.helpers import colour_image, encode, gray_image, write
+
+CPU = torch.device("cpu")
+
+
+def _chw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+
+
+def test_tensor_merge_matches_opencv_merge():
+    gray = gray_image(300, 410, seed=3)
+    rng = np.random.default_rng(0)
+    ab = np.clip(rng.normal(0, 25, (256, 256, 2)), -100, 100).astype(np.float32)
+    cpu = merge_chroma(gray, ab)
+    tensor = tensor_color.merge_chroma(torch.from_numpy(gray)[None], _chw(ab)[None])[0].permute(1, 2, 0).numpy()
+    assert tensor.shape == cpu.shape and tensor.dtype == np.uint8
+    assert np.abs(tensor.astype(int) - cpu).max() <= 1
+
+
+def test_tensor_colour_helpers_match_the_cpu_ones():
+    levels = np.linspace(0, 1, 1001, dtype=np.float32)
+    assert (
+        np.abs(tensor_color.gray_to_lightness(torch.from_numpy(levels)).numpy() - gray_to_lightness(levels)).max()
+        < 0.25
+    )
+    rgb = colour_image(60, 70)
+    assert np.abs(tensor_color.luma(_chw(rgb)[None])[0].numpy().astype(int) - luma(rgb)).max() <= 1
+    ab = np.random.default_rng(1).normal(0, 40, (2, 64, 64, 2)).astype(np.float32)
+    for k in (1, 5, 9):
+        ours = tensor_color.despeckle_ab(torch.from_numpy(ab).permute(0, 3, 1, 2), k, chunk=1)
+        assert np.array_equal(ours.permute(0, 2, 3, 1).numpy(), despeckle_ab(ab, k))
+    for h, w in ((1200, 1600), (240, 320), (900, 300)):  # shrinking, enlarging, both
+        g = gray_image(h, w, seed=2)
+        ours = tensor_color.resize_area(torch.from_numpy(g)[None, None].float() / 255, 256, 256)[0, 0].numpy()
+        assert np.abs(ours - model_input(g)).mean() < 0.01
+
+
+def test_despeckle_removes_isolated_specks_and_keeps_edges():
+    ab = np.zeros((64, 64, 2), np.float32)
+    ab[:, 32:] = 40.0  # a colour edge
+    ab[10, 10] = (-60.0, 60.0)  # one speck
+    out = despeckle_ab(ab, 9)
+    assert np.array_equal(out[10, 10], [0.0, 0.0])
+    assert np.array_equal(out[:, 20:28], ab[:, 20:28]) and np.array_equal(out[:, 36:44], ab[:, 36:44])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_as_the_cpu_decoder(orientation):
+    img = Image.fromarray(gray_image(60, 90, seed=orientation))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=92, exif=exif)
+    data = buf.getvalue()
+    header = read_header(data, DEFAULT_MAX_PIXELS)
+    assert header is not None and header.orientation == orientation
+    (decoded,) = JpegLane(CPU).decode([data], [header])
+    assert decoded is not None
+    expected = decode_scan(data).gray
+    assert (header.height, header.width) == expected.shape
+    assert np.array_equal(decoded.gray.numpy(), expected)
+
+
+def test_header_sends_everything_else_the_cpu_way():
+    gray = gray_image(50, 60)
+    assert read_header(encode(gray, "JPEG"), DEFAULT_MAX_PIXELS) is not None
+    assert read_header(encode(gray, "JPEG"), 50 * 60 - 1) is None  # over the limit: the CPU path explains
+    assert read_header(encode(gray, "PNG"), DEFAULT_MAX_PIXELS) is None
+    whole = encode(gray_image(200, 300), "JPEG")
+    assert read_header(whole + b"\x00" * 16, DEFAULT_MAX_PIXELS) is not None  # padded after its end: fine
+    assert read_header(whole[:2500], DEFAULT_MAX_PIXELS) is None  # cut short: the GPU decoder would not say
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (8, 8), (10, 20, 30, 40)).save(cmyk, "JPEG")
+    assert read_header(cmyk.getvalue(), DEFAULT_MAX_PIXELS) is None
+    assert read_header(b"not an image at all", DEFAULT_MAX_PIXELS) is None
+
+
+def test_jpeg_dpi_is_recorded_with_or_without_a_jfif_header():
+    data = encode(gray_image(20, 30), "JPEG")
+    assert Image.open(io.BytesIO(set_jpeg_dpi(data, (600.0, 300.0)))).info["dpi"] == (600, 300)
+    no_app0 = data[:2] + data[2 + 2 + int.from_bytes(data[4:6], "big") :]  # JFIF segment removed
+    assert no_app0[2:4] != b"\xff\xe0"
+    out = set_jpeg_dpi(no_app0, (400.0, 400.0))
+    assert Image.open(io.BytesIO(out)).info["dpi"] == (400, 400)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(out))), np.asarray(Image.open(io.BytesIO(data))))
+    assert "dpi" not in Image.open(io.BytesIO(set_jpeg_dpi(data, None))).info
+
+
+def _shard(tmp_path: Path, model: Path, lane: bool) -> tuple[list, Path]:
+    src = tmp_path / "src"
+    dest = tmp_path / ("lane" if lane else "cpu")
+    loaded = load_model(str(model))
+    opts = RunOptions(run_id=new_run_id(), source=str(src), dest=str(dest), model=str(model),
+                      model_id=loaded.model_id, batch_size=3)  # fmt: skip
+    source, target = open_storage(opts.source), open_storage(opts.dest)
+    items = [WorkItem(o.key, o.size, o.mtime, None, o.key, "TIFF" if o.key.endswith(".tif") else "JPEG")
+             for o in source.list()]  # fmt: skip
+    processor = ShardProcessor(opts, Colorizer(loaded, device="cpu"), source, target)
+    assert processor.lane is None  # on a CPU the lane is off; here it is switched on by hand
+    if lane:
+        processor.lane = JpegLane(CPU)
+    return processor.run(items), dest
+
+
+def test_shard_through_the_lane_gives_the_cpu_paths_results(tmp_path):
+    model = tmp_path / "starter"
+    shutil.copytree(PACKAGED_DIR, model)  # a trained model: its colours are what users compare
+    src = tmp_path / "src"
+    for i in range(4):
+        write(src / f"gray{i}.jpg", encode(gray_image(240 + 7 * i, 330, seed=i), "JPEG", quality=90, dpi=(300, 300)))
+    write(src / "rgb-gray.jpg", encode(np.repeat(gray_image(200, 260, seed=9)[..., None], 3, axis=2), "JPEG"))
+    write(src / "progressive.jpg", encode(gray_image(210, 250, seed=5), "JPEG", progressive=True))
+    write(src / "colour.jpg", encode(colour_image(200, 300), "JPEG", quality=90))
+    write(src / "cut.jpg", encode(gray_image(200, 300), "JPEG")[:2500])
+    write(src / "deep.tif", encode(gray_image(120, 160, dtype=np.uint16), "TIFF"))
+
+    cpu_rows, cpu_out = _shard(tmp_path, model, lane=False)
+    lane_rows, lane_out = _shard(tmp_path, model, lane=True)
+
+    def fields(r):
+        return (r.source_uri, r.status, r.width, r.height, r.mode, r.bit_depth, r.source_sha256, r.provenance)
+
+    assert [fields(r) for r in lane_rows] == [fields(r) for r in cpu_rows]
+    statuses = {r.source_uri.rsplit("/", 1)[1]: r.status for r in lane_rows}
+    assert statuses["colour.jpg"] == "skipped_color"
+    assert statuses["cut.jpg"] == "failed"
+    assert [r.reason for r in lane_rows if r.status == "failed"] == [r.reason for r in cpu_rows if r.status == "failed"]
+    done = [r for r in lane_rows if r.status == "colorized"]
+    assert len(done) == 7
+    for row in done:
+        name = row.output_uri.rsplit("/", 1)[1]
+        ours, theirs = Image.open(lane_out / name), Image.open(cpu_out / name)
+        assert ours.size == theirs.size and ours.mode == theirs.mode
+        assert ours.info.get("dpi") == theirs.info.get("dpi")
+        diff = np.abs(np.asarray(ours).astype(int) - np.asarray(theirs))
+        assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, name  # JPEG re-encoding noise is ~1 code
+        info = read_provenance((lane_out / name).read_bytes())
+        assert info["source_sha256"] == row.source_sha256 and info["model_id"] == row.model_id
