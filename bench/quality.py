@@ -1,7 +1,7 @@
 """Colour quality of a model on held-out photos, against two baselines measured in the same run.
 
     python bench/quality.py PHOTOS [--model PATH] [--val-fraction F] [--long-side PX] [--json PATH]
-                            [--sheet PATH]
+                            [--sheet PATH] [--split val|train] [--chroma-scales S,..] [--chroma-medians K,..]
 
 PHOTOS is a folder of colour photos (the starter set: ``scripts/starter_data.py``). The held-out
 split is the one training used: a hash of each file name (``--val-fraction``, by default the
@@ -15,7 +15,8 @@ original, at its own resolution unless ``--long-side`` caps it:
 
 Printed: PSNR (RGB), SSIM, mean ab error, colourfulness (Hasler & Suesstrunk, |rg|/|yb| form) as a
 ratio to ground truth and as an absolute difference. ``--sheet`` writes a before/after contact
-sheet (gray | model | truth) of the held-out photos.
+sheet (gray | model | truth) of the held-out photos. ``--chroma-scales`` and ``--chroma-medians``
+also measure the model under other calibrations (applied on top of its card's), to choose them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from colorize.color import despeckle_ab  # noqa: E402
 from colorize.engine import Colorizer  # noqa: E402
 from colorize.evaluate import (  # noqa: E402
     colorize_like_production,
@@ -41,6 +43,15 @@ from colorize.evaluate import (  # noqa: E402
 )
 from colorize.modelfile import load_model  # noqa: E402
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs  # noqa: E402
+
+
+def calibrations(scales: str | None, medians: str | None) -> list[tuple[str, float, int]]:
+    """(name, chroma scale, median side) for each calibration to measure: every scale with every side."""
+    scale_list = [float(x) for x in scales.split(",")] if scales else [1.0]
+    median_list = [int(x) for x in medians.split(",")] if medians else [1]
+    if not scales and not medians:
+        return []
+    return [(f"x{s} m{k}" if medians else f"model x{s}", s, k) for s in scale_list for k in median_list]
 
 
 def main() -> None:
@@ -60,6 +71,9 @@ def main() -> None:
         help="measure on the held-out photos (default) or the training photos",
     )
     parser.add_argument("--chroma-scales", help="also measure the model with its chroma scaled, e.g. 0.8,0.9")
+    parser.add_argument(
+        "--chroma-medians", help="also measure it with its chroma through a median of these sides, e.g. 5,7,9"
+    )
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -77,8 +91,8 @@ def main() -> None:
     reports = {
         "model": evaluate(images, colorizer.predict_ab, grays=grays),
         **{
-            f"model x{scale}": evaluate(images, lambda g, s=float(scale): colorizer.predict_ab(g) * s, grays=grays)
-            for scale in (args.chroma_scales.split(",") if args.chroma_scales else [])
+            name: evaluate(images, lambda g, s=scale, k=k: despeckle_ab(colorizer.predict_ab(g) * s, k), grays=grays)
+            for name, scale, k in calibrations(args.chroma_scales, args.chroma_medians)
         },
         "gray": evaluate(images, gray_baseline, grays=grays),
         "mean_chroma": evaluate(images, mean_chroma_baseline(mean_ab([p.rgb for p in train])), grays=grays),

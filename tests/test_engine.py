@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from colorize import onnx_backend
+from colorize.color import despeckle_ab
 from colorize.engine import Colorizer, model_input, pick_backend, pick_device
 from colorize.modelfile import load_model
 from tests.helpers import gray_image
@@ -48,10 +52,25 @@ def test_model_input_squashes_to_the_model_size_in_unit_range():
     assert 0 <= x8.min() and x8.max() <= 1 and np.abs(x16 - x8).mean() < 0.01
 
 
+def _plain_and_calibrated(model: Path, **calibration: float) -> tuple[Colorizer, Colorizer]:
+    """The same model twice: as saved, and with ``calibration`` in its card."""
+    calibrated_model = load_model(str(model))
+    calibrated_model.card.update(calibration)
+    plain = Colorizer(load_model(str(model)), device="cpu", backend="torch")
+    return plain, Colorizer(calibrated_model, device="cpu", backend="torch")
+
+
 def test_a_cards_chroma_scale_scales_the_predicted_colour(tiny_model):
     gray = model_input(gray_image(64, 64))[None]
-    plain = Colorizer(load_model(str(tiny_model)), device="cpu", backend="torch")
-    calibrated_model = load_model(str(tiny_model))
-    calibrated_model.card["chroma_scale"] = 0.5
-    calibrated = Colorizer(calibrated_model, device="cpu", backend="torch")
+    plain, calibrated = _plain_and_calibrated(tiny_model, chroma_scale=0.5)
     assert np.allclose(calibrated.predict_ab(gray), 0.5 * plain.predict_ab(gray), atol=1e-5)
+
+
+def test_a_cards_chroma_median_despeckles_the_predicted_colour_on_both_paths(tiny_model):
+    gray = model_input(gray_image(64, 64))[None]
+    plain, calibrated = _plain_and_calibrated(tiny_model, chroma_median=5)
+    ab = calibrated.predict_ab(gray)
+    assert np.array_equal(ab, despeckle_ab(plain.predict_ab(gray), 5))
+    assert not np.allclose(ab, plain.predict_ab(gray), atol=0.5)  # it did something on a random model
+    on_device = calibrated.predict_ab_tensor(torch.from_numpy(gray)).permute(0, 2, 3, 1).numpy()
+    assert np.abs(on_device - ab).max() <= 1.0  # the tensor path: same median, L within 0.25
