@@ -51,6 +51,8 @@ def start_run(
     if next(iter(src.list()), None) is None:  # also raises StorageError when the source is missing
         logger.warning("source %s holds no files", src.uri)
     check_destination(src, dst)  # before anything is written at the destination
+    if swept := dst.sweep_temp():
+        logger.info("removed %d temp files that killed runs left at %s", swept, dst.uri)
     run_id = new_run_id()
     for orphan in unfinished_runs(dst, exclude=run_id):
         logger.warning("run %s ended without finishing its manifest: folding in its records", orphan)

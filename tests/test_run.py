@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from colorize import model_cache
 from colorize.imaging import decode_scan
 from colorize.manifest import COLUMNS
 from colorize.modelfile import load_model
-from colorize.storage.local import TEMP_PREFIX
+from colorize.storage.local import TEMP_DIR, TEMP_PREFIX
 from tests.helpers import encode, gray_image, make_archive, write
 
 
@@ -229,6 +230,9 @@ def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     killed_outputs = {p.relative_to(dest) for p in dest.rglob("*.png")}
     for p in dest.rglob("*.png"):
         decode_scan(p.read_bytes())  # every output there is whole
+    # What a write cut off by the kill leaves (the kill rarely lands mid-write, so made here for sure).
+    (dest / TEMP_DIR).mkdir(exist_ok=True)
+    (dest / TEMP_DIR / f"{TEMP_PREFIX}{proc.pid}@{socket.gethostname()}-cut").write_bytes(b"half a file")
 
     done = _cli(args, cli_env)
     assert done.returncode == 0, done.stderr

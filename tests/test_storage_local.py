@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
 from colorize.storage import UnsafeKeyError, check_key, open_storage
-from colorize.storage.local import TEMP_PREFIX
+from colorize.storage.local import TEMP_DIR, TEMP_PREFIX
 
 
 @pytest.mark.parametrize("key", ["", "/etc/passwd", "a/../../b", "a\\b", "a//b", "./a", "a/./b", "a/", "..", "a\x00b"])
@@ -21,7 +25,8 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
     store.write_bytes("a/b/c.jpg", b"one")
     store.write_bytes("a/b/c.jpg", b"two")
     assert (tmp_path / "a/b/c.jpg").read_bytes() == b"two"
-    assert not [n for n in os.listdir(tmp_path / "a/b") if n.startswith(TEMP_PREFIX)]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(TEMP_PREFIX)]
+    assert [o.key for o in store.list()] == ["a/b/c.jpg"]  # the staging folder is not listed
     with pytest.raises(UnsafeKeyError):
         store.write_bytes("../outside.jpg", b"x")
     assert not (tmp_path.parent / "outside.jpg").exists()
@@ -38,7 +43,7 @@ def test_a_failed_write_keeps_the_old_object(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         store.write_bytes("x.bin", b"new, never complete")
     assert (tmp_path / "x.bin").read_bytes() == b"old"
-    assert sorted(os.listdir(tmp_path)) == ["x.bin"]
+    assert sorted(os.listdir(tmp_path)) == [TEMP_DIR, "x.bin"] and not os.listdir(tmp_path / TEMP_DIR)
 
 
 def test_listing_is_recursive_sorted_and_skips_hidden_and_temporary_files(tmp_path):
@@ -56,3 +61,22 @@ def test_delete_removes_folders_it_empties(tmp_path):
     store.delete("m/run/part.csv")
     store.delete("m/run/part.csv")  # already gone: no error
     assert not (tmp_path / "m").exists() and tmp_path.exists()
+
+
+def test_sweep_removes_only_what_dead_writers_left(tmp_path):
+    store = open_storage(str(tmp_path))
+    store.write_bytes("x.jpg", b"x")  # makes the staging folder
+    staging = tmp_path / TEMP_DIR
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    dead = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}@{host}-abc123"  # killed mid-write
+    alive = staging / f"{TEMP_PREFIX}{os.getpid()}@{host}-def456"  # a run writing now
+    foreign = staging / f"{TEMP_PREFIX}42@other-host-ghi789"  # another machine's, recent
+    old_foreign = staging / f"{TEMP_PREFIX}42@other-host-jkl012"
+    for path in (dead, alive, foreign, old_foreign):
+        path.write_bytes(b"partial")
+    day_ago = time.time() - 25 * 3600
+    os.utime(old_foreign, (day_ago, day_ago))
+    assert store.sweep_temp() == 2
+    assert sorted(p.name for p in staging.iterdir()) == sorted([alive.name, foreign.name])
+    assert (tmp_path / "x.jpg").read_bytes() == b"x"

@@ -61,6 +61,10 @@ class Storage(Protocol):
         """Remove the object; no error when it is already gone."""
         ...
 
+    def sweep_temp(self) -> int:
+        """Remove what writers killed mid-write left behind; return how many were removed."""
+        ...
+
     def uri_for(self, key: str) -> str:
         """The full URI of a key, as recorded in manifests."""
         ...

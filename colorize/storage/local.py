@@ -1,9 +1,12 @@
-"""Local-folder storage: atomic writes by temp file + fsync + rename in the same folder."""
+"""Local-folder storage: atomic writes by temp file + fsync + rename, staged in ``ROOT/.colorize-tmp``."""
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,14 @@ from colorize.storage import ObjectInfo, StorageError, check_key
 # Temporary files start with this, so that a listing (and a rerun after a kill) never takes one
 # for a scan or an output.
 TEMP_PREFIX = ".colorize-tmp-"
+# Writes are staged here, under the root, and renamed into place: a process killed mid-write
+# leaves its temp file in this one folder, where the next run finds and removes it, instead of
+# anywhere among millions of outputs.
+TEMP_DIR = ".colorize-tmp"
+_HOST = socket.gethostname()
+# A temp file not claimed by a live process of this host is left this long before removal (a
+# writer on another host sharing the folder, over NFS say, cannot be asked whether it lives).
+_FOREIGN_TEMP_SECONDS = 24 * 3600
 
 
 class LocalStorage:
@@ -60,17 +71,29 @@ class LocalStorage:
     def write_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+        staging = self.root / TEMP_DIR
+        staging.mkdir(exist_ok=True)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            _write_atomically(path, data, staging)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            _write_atomically(path, data, path.parent)  # another filesystem mounted inside the root
+
+    def sweep_temp(self) -> int:
+        """Remove temp files that killed writers left; return how many.
+
+        A file is stale when the process that named itself in it is gone from this host, or, from
+        another host, when it is older than a day. Live writers' files are left alone, so another
+        run writing to the same folder is safe.
+        """
+        removed = 0
+        staging = self.root / TEMP_DIR
+        for entry in staging.iterdir() if staging.is_dir() else ():
+            if entry.name.startswith(TEMP_PREFIX) and _is_stale(entry):
+                entry.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -86,3 +109,36 @@ class LocalStorage:
 
     def uri_for(self, key: str) -> str:
         return str(self.root / key)
+
+
+def _write_atomically(path: Path, data: bytes, staging: Path) -> None:
+    """Write to a temp file in ``staging`` (same filesystem as ``path``), then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}@{_HOST}-", dir=staging)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _is_stale(entry: Path) -> bool:
+    """Whether a temp file's writer is gone (see :meth:`LocalStorage.sweep_temp`)."""
+    pid_text, _, rest = entry.name[len(TEMP_PREFIX) :].partition("@")
+    host = rest.rpartition("-")[0]
+    if host == _HOST and pid_text.isdigit():
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False
+    try:
+        return time.time() - entry.stat().st_mtime > _FOREIGN_TEMP_SECONDS
+    except FileNotFoundError:
+        return False

@@ -215,6 +215,12 @@ class S3Storage:
         with self._faults("delete_object", full):
             self._client.delete_object(Bucket=self.bucket, Key=full)  # S3 answers 204 for a missing key too
 
+    def sweep_temp(self) -> int:
+        """Nothing to sweep: an object appears only whole (one PUT, or a completed multipart upload).
+        Parts of multipart uploads cut off by a kill are S3's to expire: a bucket lifecycle rule
+        (``AbortIncompleteMultipartUpload``), see the README's S3 section."""
+        return 0
+
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._root}{key}"
 
