@@ -110,12 +110,16 @@ def median_blur(ab: torch.Tensor, k: int) -> torch.Tensor:
     return windows.reshape(*ab.shape, k * k).median(dim=-1).values
 
 
-def despeckle_ab(ab: torch.Tensor, k: int, chunk: int = 8) -> torch.Tensor:
-    """:func:`colorize.color.despeckle_ab` on a tensor, with the same result: (B, 2, S, S) float32."""
+def despeckle_ab(ab: torch.Tensor, k: int, chunk: int | None = None) -> torch.Tensor:
+    """:func:`colorize.color.despeckle_ab` on a tensor, with the same result: (B, 2, S, S) float32.
+
+    ``chunk`` images at a time; by default as many as keep the k*k window copies near 256 MB (a
+    15x15 window over 2x256x256 chroma is 118 MB per image).
+    """
     if k <= 1:
         return ab
+    chunk = chunk or max(1, (64 << 20) // (ab[0].numel() * k * k))
     codes = (ab.round() + 128.0).clamp(0.0, 255.0)
-    # Chunks bound the k*k window copies (a 9x9 window: about 40 MB per image).
     return torch.cat([median_blur(part, k) for part in codes.split(chunk)]) - 128.0
 
 

@@ -171,7 +171,7 @@ def test_fine_tuning_starts_from_the_given_weights(photos, tmp_path, tiny_model)
     # Adam with lr 0: the weights cannot move. The tiny model has 8 levels, so it trains on 256 crops.
     frozen = TrainConfig(**{**TINY, "lr": 0.0, "epochs": 1, "depth": 8, "image_size": 256, "load_size": 286})
     result = train(frozen, pairs, [], str(tmp_path / "ckpt"), init_from=start)
-    assert result.card["arch"]["width"] == 4
+    assert result.card["arch"]["width"] == 4 and result.card["fine_tuned_from"] == start.model_id
     for name, tensor in start.generator.state_dict().items():
         assert torch.equal(result.generator.state_dict()[name], tensor), name
 

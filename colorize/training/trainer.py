@@ -441,4 +441,6 @@ def train(
         },
         metrics=metrics,
     )  # fmt: skip
+    if init_from is not None:  # the card's lineage (a registry's `parent` names production at the time)
+        card["fine_tuned_from"] = init_from.model_id
     return TrainResult(generator=final, card=card, history=history, metrics=metrics, grid=grid)
