@@ -34,11 +34,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms as T  # imported before any timing
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from colorize.color import denormalize_ab, lab_to_rgb, normalize_l  # noqa: E402
+from colorize.color import denormalize_ab, gray_to_lightness, lab_to_rgb, normalize_l  # noqa: E402
 from colorize.engine import Colorizer  # noqa: E402
 from colorize.manifest import Ledger, finish_run, new_run_id, write_part  # noqa: E402
 from colorize.model import GeneratorConfig, build_generator, init_weights  # noqa: E402
@@ -164,9 +165,6 @@ def build_folder(root: Path, n: int, tiff_every: int = TIFF_EVERY) -> None:
 
 def seed_loop(files: list[Path], out: Path, colorizer: Colorizer, device: torch.device) -> None:
     """(a) The notebook's loop: PIL, torchvision transforms, batch 1, a 256x256 result per image."""
-    import torchvision.transforms as T
-
-    from colorize.color import gray_to_lightness
 
     to_tensor = T.Compose([T.Resize((256, 256)), T.ToTensor()])
     out.mkdir(parents=True, exist_ok=True)

@@ -15,16 +15,21 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from colorize import tensor_color
+
+if TYPE_CHECKING:
+    from torchvision.io import ImageReadMode
 from colorize.imaging import JPEG_QUALITY, PREVIEW_SIZE, dpi_of, set_jpeg_dpi
 
 log = logging.getLogger(__name__)
+# torchvision's codecs are imported where they are used: importing torchvision.io loads all of
+# torchvision (about a second), which processes on a CPU, where the lane is off, never need.
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec, which the GPU images we
 # deploy on do not have yet; the call is the same, so the warning only fills the logs.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
@@ -117,6 +122,8 @@ class JpegLane:
         self.quality = quality
 
     def _decode_all(self, datas: Sequence[bytes], mode: ImageReadMode) -> list[torch.Tensor | None]:
+        from torchvision.io import decode_jpeg
+
         if not datas:
             return []
         try:  # one batched call: nvJPEG decodes the whole batch together
@@ -134,6 +141,8 @@ class JpegLane:
 
     def decode(self, datas: Sequence[bytes], headers: Sequence[JpegHeader]) -> list[Decoded | None]:
         """Decode a batch; None where the decoder refuses a file (it then goes the CPU way)."""
+        from torchvision.io import ImageReadMode
+
         out: list[Decoded | None] = [None] * len(datas)
         for mode, read_mode in (("L", ImageReadMode.GRAY), ("RGB", ImageReadMode.RGB)):
             picked = [i for i, h in enumerate(headers) if h.mode == mode]
@@ -187,6 +196,8 @@ class JpegLane:
 
     def encode(self, rgbs: Sequence[torch.Tensor], dpis: Sequence[tuple[float, float] | None]) -> list[bytes]:
         """(3, H, W) uint8 images on the device -> JPEG bytes on the host, each with its resolution."""
+        from torchvision.io import encode_jpeg
+
         encoded = encode_jpeg(list(rgbs), quality=self.quality)
         return [set_jpeg_dpi(e.cpu().numpy().tobytes(), dpi) for e, dpi in zip(encoded, dpis, strict=True)]
 
