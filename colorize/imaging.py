@@ -114,14 +114,20 @@ def _on_white(rgb_or_gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def shrunk_size(height: int, width: int, long_side: int) -> tuple[int, int] | None:
+    """(height, width) with the long side at most ``long_side``, aspect kept; None if already small enough."""
+    scale = long_side / max(height, width)
+    if scale >= 1:
+        return None
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def shrink(image: np.ndarray, long_side: int) -> np.ndarray:
     """Shrink (H, W[, C]) so its long side is at most ``long_side`` (area filter; never enlarged)."""
-    h, w = image.shape[:2]
-    scale = long_side / max(h, w)
-    if scale >= 1:
+    size = shrunk_size(*image.shape[:2], long_side)
+    if size is None:
         return np.ascontiguousarray(image)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
 
 
 def _to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:

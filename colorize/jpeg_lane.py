@@ -22,10 +22,10 @@ import torch
 from PIL import Image
 
 from colorize import tensor_color
+from colorize.imaging import JPEG_QUALITY, PREVIEW_SIZE, dpi_of, set_jpeg_dpi, shrunk_size
 
 if TYPE_CHECKING:
     from torchvision.io import ImageReadMode
-from colorize.imaging import JPEG_QUALITY, PREVIEW_SIZE, dpi_of, set_jpeg_dpi
 
 log = logging.getLogger(__name__)
 # torchvision's codecs are imported where they are used: importing torchvision.io loads all of
@@ -160,12 +160,11 @@ class JpegLane:
         return out
 
     def _preview(self, rgb: torch.Tensor) -> np.ndarray:
-        """(3, H, W) uint8 -> the colour detector's (h, w, 3) uint8 preview, as ``imaging.shrink`` sizes it."""
-        h, w = rgb.shape[-2:]
-        scale = PREVIEW_SIZE / max(h, w)
+        """(3, H, W) uint8 -> the colour detector's (h, w, 3) uint8 preview, sized as ``imaging.shrink`` does."""
         small = rgb[None].float()
-        if scale < 1:
-            small = tensor_color.resize_area(small, max(1, round(h * scale)), max(1, round(w * scale)))
+        size = shrunk_size(int(rgb.shape[-2]), int(rgb.shape[-1]), PREVIEW_SIZE)
+        if size is not None:
+            small = tensor_color.resize_area(small, *size)
         return small[0].round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
     def model_input(self, grays: Sequence[torch.Tensor], size: int) -> torch.Tensor:

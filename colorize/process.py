@@ -131,10 +131,7 @@ class ShardProcessor:
         if preview is None or self.opts.colorize_color:
             return None
         verdict = detect_colour(preview)
-        if not verdict.is_colour:
-            return None
-        fields = self._scan_fields(scan, sha)
-        return self._row(item, "skipped_color", verdict.reason, seconds=time.perf_counter() - started, **fields)
+        return self._skipped_colour(item, scan, sha, started, verdict.reason) if verdict.is_colour else None
 
     def _already_ours(
         self, item: WorkItem, scan: Scan | JpegHeader, sha: str, meta: SourceMetadata, started: float
@@ -143,6 +140,11 @@ class ShardProcessor:
         if not meta.colorized_by_us or self.opts.colorize_color:
             return None
         reason = "already colorized: its metadata says archive-colorize made it; pass --colorize-color to redo"
+        return self._skipped_colour(item, scan, sha, started, reason)
+
+    def _skipped_colour(
+        self, item: WorkItem, scan: Scan | JpegHeader, sha: str, started: float, reason: str
+    ) -> ManifestRow:
         fields = self._scan_fields(scan, sha)
         return self._row(item, "skipped_color", reason, seconds=time.perf_counter() - started, **fields)
 

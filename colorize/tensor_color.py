@@ -8,6 +8,8 @@ the two paths agree to a code value or so (tested).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -39,10 +41,15 @@ def gray_to_lightness(gray: torch.Tensor) -> torch.Tensor:
     return torch.where(y > _DELTA**3, 116.0 * y.clamp_min(_DELTA**3) ** (1 / 3) - 16.0, _KAPPA * y)
 
 
+@lru_cache(maxsize=8)
+def _lightness_lut_on(device: torch.device) -> torch.Tensor:
+    # Copied to the device once, not per merge: a host-to-device copy waits for the host.
+    return torch.tensor(lightness_lut(8), device=device)
+
+
 def gray_u8_to_lightness(gray: torch.Tensor) -> torch.Tensor:
     """L of 8-bit gray codes, (...) uint8 -> (...) float32, by the CPU path's own look-up table."""
-    lut = torch.tensor(lightness_lut(8), device=gray.device)
-    return lut[gray.long()]
+    return _lightness_lut_on(gray.device)[gray.long()]
 
 
 def lab_to_srgb(lab: torch.Tensor) -> torch.Tensor:
