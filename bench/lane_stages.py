@@ -11,6 +11,12 @@ merge, encode the two halves of merge_encode
 host_side     what the CPU does per scan around them, on one thread: sha256 of source and output,
               header, metadata read and provenance embed (``process.py``'s work besides the codecs);
               and the same on ``--threads`` threads at once (does it scale, or hold the GIL?)
+host_*        each part of host_side alone, one thread; ``host_side_catalogued``: host_side for scans
+              that carry a scanner's EXIF, which exiv2 reads and carries into the output
+
+On CUDA each GPU stage also gets ``gpu_ms_per_image``: the time its kernels and copies kept the GPU
+busy (``torch.profiler``, CUPTI), against the wall time. Processes sharing a GPU take turns on it,
+so the sum of the busy times per image bounds what any number of processes can make.
 
 The model is a random-weight generator of ``--width`` (speed does not depend on the weights).
 """
@@ -19,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 import time
@@ -32,7 +37,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.throughput import JPEG_SIZE, _scan  # noqa: E402  (the same scans)
+from bench.throughput import gray_jpeg  # noqa: E402  (the same scans)
 from colorize.engine import Colorizer  # noqa: E402
 from colorize.jpeg_lane import JpegLane, read_header  # noqa: E402
 from colorize.model import GeneratorConfig, build_generator, init_weights  # noqa: E402
@@ -53,6 +58,19 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return (time.perf_counter() - start) / repeats
 
 
+def gpu_busy_s(fn: Callable[[], object]) -> float:
+    """Seconds of GPU time (kernels and copies, nvJPEG's included) that one call of ``fn`` takes."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -71,7 +89,7 @@ def main() -> None:
     model = LoadedModel(generator.eval(), new_card("bench", cfg, "lab"))
     colorizer = Colorizer(model, device=args.device, backend="torch")
     lane = JpegLane(device)
-    sources = [_gray_jpeg(i) for i in range(4)]
+    sources = [gray_jpeg(i) for i in range(4)]
     datas = [sources[i % len(sources)] for i in range(args.batch_size)]
     headers = [read_header(d, 10**9) for d in datas]
     assert all(h is not None for h in headers)
@@ -81,14 +99,23 @@ def main() -> None:
     ab = colorizer.predict_ab_tensor(lane.model_input(grays, 256))
     dpis = [None] * len(grays)
     outputs = lane.merge_encode(grays, ab, dpis)
-    meta = source_metadata(datas[0])
     info = ProvenanceInfo("file:///archive/scan.jpg", "0" * 64, "bench@0", "1" * 64, "run")
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0131] = "Scanner Co.", "FlatBed 9000", "ScanSoft 2.1"  # Make, Model, Software
+    catalogued = [gray_jpeg(i, dpi=(600, 600), exif=exif) for i in range(4)]
+    parts: dict[str, Callable[[bytes, bytes], object]] = {
+        "sha256_source": lambda data, out: hashlib.sha256(data).hexdigest(),
+        "header": lambda data, out: read_header(data, 10**9),
+        "metadata_read": lambda data, out: source_metadata(data),
+        "embed": lambda data, out: embed(out, "JPEG", source_metadata(data), info),
+        "sha256_output": lambda data, out: hashlib.sha256(out).hexdigest(),
+    }
 
-    def host_side() -> None:
-        for data, out in zip(datas[:16], outputs[:16], strict=True):
+    def host_side(scans: list[bytes] = datas) -> None:
+        for data, out in zip(scans[:16], outputs[:16], strict=True):
             hashlib.sha256(data).hexdigest()
             read_header(data, 10**9)
-            source_metadata(data)
+            meta = source_metadata(data)
             hashlib.sha256(embed(out, "JPEG", meta, info)).hexdigest()
 
     n = args.batch_size
@@ -106,22 +133,32 @@ def main() -> None:
         "merge_encode": (timed(lambda: lane.merge_encode(grays, ab, dpis), device, args.batches), n),
         "host_side": (timed(host_side, device, 1), 16),
         f"host_side_{args.threads}_threads": (host_threads, 16 * args.threads),
+        "host_side_catalogued": (timed(lambda: host_side(catalogued * 4), device, 1), 16),
     }
+    pairs = list(zip(datas[:16], outputs[:16], strict=True))
+    for name, part in parts.items():  # each part alone, on the same 16 files
+        per_call[f"host_{name}"] = (timed(lambda p=part: [p(d, o) for d, o in pairs], device, 3), 16)
     out = {name: {"images_per_s": round(count / s, 1), "ms_per_image": round(1000 * s / count, 3)}
            for name, (s, count) in per_call.items()}  # fmt: skip
+    if device.type == "cuda":
+        gpu_stages = {
+            "decode": lambda: lane.decode(datas, headers),  # type: ignore[arg-type]
+            "model_input": lambda: colorizer.predict_ab_tensor(lane.model_input(grays, 256)),
+            "merge": lambda: lane.merge(grays, ab),
+            "encode": lambda: lane.encode(rgbs, dpis),
+        }
+        for name, fn in gpu_stages.items():
+            out[name]["gpu_ms_per_image"] = round(1000 * gpu_busy_s(fn) / n, 3)
+        total = sum(out[name]["gpu_ms_per_image"] for name in gpu_stages)
+        out["gpu_ms_per_image_all_stages"] = round(total, 3)
+        busy = ", ".join(f"{k} {out[k]['gpu_ms_per_image']} ms" for k in gpu_stages)
+        print(f"GPU busy per image: {busy}; all {total:.3f} ms -> at most {1000 / total:.0f} img/s on this GPU")
     out["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     out["batch_size"], out["width"] = n, args.width
     for name, (s, count) in per_call.items():
-        print(f"{name:13s} {count / s:9.1f} img/s  {1000 * s / count:7.3f} ms/img")
+        print(f"{name:22s} {count / s:9.1f} img/s  {1000 * s / count:7.3f} ms/img")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
-
-
-def _gray_jpeg(seed: int) -> bytes:
-    """A 1600x1200 gray JPEG at quality 90, as ``bench/throughput.py`` makes them."""
-    buf = io.BytesIO()
-    Image.fromarray(_scan(JPEG_SIZE, seed, 8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ peak RSS of each measurement. ``--json`` writes one object per measurement plus 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -145,6 +146,13 @@ def _scan(size: tuple[int, int], seed: int, bits: int) -> np.ndarray:
     return np.clip(img * top, 0, top).astype(np.uint16 if bits == 16 else np.uint8)
 
 
+def gray_jpeg(seed: int, **save: object) -> bytes:
+    """One of the folder's 1600x1200 gray JPEGs (quality 90); ``save``: more of Pillow's save options."""
+    buf = io.BytesIO()
+    Image.fromarray(_scan(JPEG_SIZE, seed, 8)).save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
 def build_folder(root: Path, n: int, tiff_every: int = TIFF_EVERY) -> None:
     """N scans under root/scans/batch-XX/, written from a few distinct images (fast to build)."""
     pool = root / "pool"
@@ -152,7 +160,7 @@ def build_folder(root: Path, n: int, tiff_every: int = TIFF_EVERY) -> None:
     jpegs = []
     for i in range(8):
         p = pool / f"j{i}.jpg"
-        Image.fromarray(_scan(JPEG_SIZE, i, 8)).save(p, quality=90)
+        p.write_bytes(gray_jpeg(i))
         jpegs.append(p)
     tiff = pool / "t.tif"
     Image.fromarray(_scan(TIFF_SIZE, 99, 16)).save(tiff, compression="tiff_adobe_deflate")

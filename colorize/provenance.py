@@ -14,8 +14,10 @@ therefore carries, in its own bytes:
   digital source type and the scan as its parent ingredient (:func:`sign_c2pa`).
 
 exiv2 (through ``pyexiv2``, which bundles it) reads and writes the metadata of JPEG, PNG, TIFF (8 and
-16 bit) and WebP in memory. BMP has no place for XMP: BMP outputs carry nothing, and the manifest
-records their provenance as ``none``. The XMP packet itself is built with ElementTree (RDF/XML);
+16 bit) and WebP in memory. A JPEG with no metadata to carry gets the same EXIF tags and XMP
+statements as two segments written as bytes (:mod:`colorize.jpeg_segments`): exiv2's rewrite of the
+whole file held the GIL and bounded GPU runs. BMP has no place for XMP: BMP outputs carry nothing,
+and the manifest records their provenance as ``none``. The XMP packet itself is built with ElementTree (RDF/XML);
 untrusted packets from scans are parsed with ``defusedxml``.
 """
 
@@ -36,6 +38,7 @@ import pyexiv2
 from defusedxml import DefusedXmlException
 
 from colorize import __version__
+from colorize.jpeg_segments import carries_metadata, exif_segment, with_app1, xmp_segment
 from colorize.storage import read_uri
 
 log = logging.getLogger(__name__)
@@ -115,6 +118,7 @@ _IPTC_DROP = frozenset({
     "Iptc.Application2.RecordVersion", "Iptc.Application2.Preview", "Iptc.Application2.PreviewFormat",
     "Iptc.Application2.PreviewVersion",
 })  # fmt: skip
+_EXIF_TAG_IDS = {"Exif.Image.ImageDescription": 0x010E, "Exif.Image.Software": 0x0131}  # what we write, by tag number
 _IPTC_UTF8 = "\x1b%G"  # ISO 2022 escape for UTF-8 in Iptc.Envelope.CharacterSet
 
 
@@ -221,6 +225,8 @@ def source_metadata(data: bytes) -> SourceMetadata:
 
     A scan whose metadata cannot be read still gets colorized, with our provenance alone (logged).
     """
+    if not carries_metadata(data):
+        return SourceMetadata()  # a JPEG with none: no need for exiv2 to parse the whole file
     try:
         with _reading(data) as img:
             xmp = _decoded(img.read_raw_xmp) if img.get_access_mode().get("xmp") else ""
@@ -455,13 +461,26 @@ def embed(output: bytes, fmt: str, source: bytes | SourceMetadata, info: Provena
     if fmt in UNMARKED_FORMATS:
         return output
     meta = source if isinstance(source, SourceMetadata) else source_metadata(source)
-    packet = provenance_xmp(info, meta.xmp).decode("utf-8")
+    packet = provenance_xmp(info, meta.xmp)
+    if fmt == "JPEG" and not meta.exif and not meta.iptc and (plain := _embed_plain_jpeg(output, info, packet)):
+        return plain
     try:
-        return _write(output, _output_exif(meta.exif, info, fmt), _output_iptc(meta.iptc, info, fmt), packet)
+        return _write(output, _output_exif(meta.exif, info, fmt), _output_iptc(meta.iptc, info, fmt), packet.decode())
     except (RuntimeError, ValueError) as err:
         # A scan's odd EXIF/IPTC value must not cost its output: write ours, with the scan's XMP.
         log.warning("scan's EXIF/IPTC not carried over: %s", err)
-        return _write(output, _output_exif({}, info, fmt), {}, packet)
+        return _write(output, _output_exif({}, info, fmt), {}, packet.decode())
+
+
+def _embed_plain_jpeg(output: bytes, info: ProvenanceInfo, packet: bytes) -> bytes | None:
+    """What :func:`_write` makes when there is no EXIF or IPTC to carry, as bytes without exiv2.
+
+    The same EXIF tags and XMP statements; the packet as we serialise it rather than in exiv2's
+    canonical form. None when it cannot be done so (see :mod:`colorize.jpeg_segments`).
+    """
+    tags = {_EXIF_TAG_IDS[key]: value for key, value in _output_exif({}, info, "JPEG").items()}
+    payloads = [exif_segment(tags), xmp_segment(packet)]
+    return with_app1(output, [p for p in payloads if p]) if all(payloads) else None
 
 
 def provenance_kind(fmt: str, signed: bool) -> str:

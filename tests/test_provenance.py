@@ -27,8 +27,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from PIL import Image, IptcImagePlugin
 from typer.testing import CliRunner
 
-from colorize import __version__
+from colorize import __version__, provenance
 from colorize.cli import app
+from colorize.jpeg_segments import carries_metadata
 from colorize.manifest import COLUMNS, ManifestRow, read_csv, to_frame, write_csv
 from colorize.plan import RunOptions
 from colorize.provenance import (
@@ -39,6 +40,7 @@ from colorize.provenance import (
     embed,
     load_signing_key,
     provenance_xmp,
+    read_provenance,
 )
 from colorize.storage import open_storage
 from tests.helpers import encode, gray_image, write
@@ -378,3 +380,33 @@ def test_a_certificate_c2pa_refuses_is_named(certs):
         load_signing_key(str(certs["chain"]), str(certs["key"]) + ".missing")
     with pytest.raises(ValueError, match="both"):
         RunOptions(run_id="r", source="s", dest="d", model="m", model_id="m", sign_cert=str(certs["chain"]))
+
+
+def test_plain_jpegs_are_marked_as_bytes_saying_what_exiv2_would():
+    """Scans and outputs without metadata skip exiv2 (issue 7's GPU runs); nothing they say changes."""
+    info = ProvenanceInfo("/scans/a.jpg", "ab" * 32, "m@cd", "cd" * 32, "run")
+    scan, output = encode(gray_image(40, 50), "JPEG"), encode(gray_image(40, 50, seed=1), "JPEG", dpi=(300, 300))
+    assert not carries_metadata(scan) and not carries_metadata(output)
+    assert carries_metadata(_catalogued_jpeg()) and carries_metadata(encode(gray_image(40, 50), "TIFF"))
+    assert carries_metadata(scan[:100])  # not a JPEG that parses: exiv2 reads it and says what it finds
+
+    quick = embed(output, "JPEG", scan, info)
+    by_exiv2 = provenance._write(output, provenance._output_exif({}, info, "JPEG"), {}, provenance_xmp(info).decode())
+    assert quick != by_exiv2 and quick[-(len(output) - 20) :] == output[20:]  # segments added, the rest untouched
+    assert read_provenance(quick) == read_provenance(by_exiv2)
+    with pyexiv2.ImageData(quick) as img:  # exiv2 reads what we wrote
+        exif, xmp = img.read_exif(), img.read_xmp()
+    assert exif["Exif.Image.ImageDescription"] == info.description
+    assert exif["Exif.Image.Software"] == info.creator_tool
+    assert xmp["Xmp.colorize.sourceSha256"] == "ab" * 32
+    assert xmp["Xmp.xmpMM.DerivedFrom/stRef:filePath"] == "/scans/a.jpg"
+    img = Image.open(io.BytesIO(quick))
+    assert tuple(round(v) for v in img.info["dpi"]) == (300, 300)
+    assert np.array_equal(np.asarray(img), np.asarray(Image.open(io.BytesIO(output))))
+
+    # What bytes cannot say as exiv2 would goes to exiv2: UTF-8 in EXIF, an output already marked.
+    accented = ProvenanceInfo("/scans/a.jpg", "ab" * 32, "modèle@cd", "cd" * 32, "run")
+    with pyexiv2.ImageData(embed(output, "JPEG", scan, accented)) as img:
+        assert "modèle@cd" in img.read_exif()["Exif.Image.ImageDescription"]
+    twice = embed(quick, "JPEG", scan, accented)
+    assert read_provenance(twice)["model_id"] == "modèle@cd" and twice.count(b"Exif\x00\x00") == 1
