@@ -20,7 +20,6 @@ _APP0, _APP1, _APP13 = 0xE0, 0xE1, 0xED
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: markers without a length
 _MAX_PAYLOAD = 0xFFFF - 2  # a segment's length field counts itself
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
-EXIF_HEADER = b"Exif\x00\x00"
 
 
 def _segments(data: bytes) -> list[tuple[int, int, int]] | None:

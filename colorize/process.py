@@ -74,9 +74,10 @@ def yield_to_the_model() -> None:
     On a CPU the model's thread is the pipeline's bottleneck, while the readers and writers wait for
     work half the time (a py-spy profile of ``bench/throughput.py``'s (c) on 2 cores). When they
     did run, they took turns on the model's core, so the model ran slower than alone and the cores
-    still idled. At a lower priority they use what the model leaves: (c) went from 24.8 to 27-28
-    images/s there (``bench/RESULTS.md``). On a GPU host the model's thread feeds the GPU: the same
-    holds. Linux alone gives threads their own niceness; the value is relative to the process's.
+    still idled. At a lower priority they use what the model leaves: with the wider window (c) went
+    from 24.9 to 25.8-27.3 images/s there (``bench/RESULTS.md``). On a GPU host the same thread
+    feeds the GPU. Linux alone gives threads their own niceness; the value is relative to the
+    process's.
     """
     if not sys.platform.startswith("linux"):
         return
