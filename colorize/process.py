@@ -56,9 +56,11 @@ class _Prepared:
     jpeg: bytes | None = None  # JPEG lane: the file's bytes, kept until the GPU has decoded them
 
 
-# Files read ahead of the model, and written behind it, at most (bounds the full-resolution images
-# held): at least this many, so that on a CPU, with small batches, readers run several batches ahead.
-MIN_WINDOW = 32
+# Scans read ahead of the model, and written behind it, at most: 2 batches, or up to 4 batches while
+# that stays under READ_AHEAD_CAP. On a CPU (batch 8) readers 4 batches ahead kept the cores busier
+# (bench/RESULTS.md); the window stays proportional to the batch, so a smaller batch still means less
+# memory for huge scans.
+READ_AHEAD_CAP = 32
 # How much less CPU priority the reader and writer threads get than the model's thread.
 IO_NICENESS = 10
 
@@ -66,6 +68,11 @@ IO_NICENESS = 10
 def io_workers() -> int:
     """Threads for reading/decoding and for encoding/writing (each pool gets this many)."""
     return max(2, min(8, os.cpu_count() or 2))
+
+
+def read_ahead(batch_size: int, workers: int) -> int:
+    """How many scans a shard holds in flight on each side of the model (bounds its memory)."""
+    return max(2 * batch_size, min(4 * batch_size, READ_AHEAD_CAP), workers)
 
 
 def yield_to_the_model() -> None:
@@ -225,7 +232,7 @@ class ShardProcessor:
         items = list(items)
         rows: dict[int, ManifestRow] = {}
         workers = io_workers()
-        window = max(2 * self.opts.batch_size, MIN_WINDOW, workers)
+        window = read_ahead(self.opts.batch_size, workers)
         with (
             ThreadPoolExecutor(workers, thread_name_prefix="decode", initializer=yield_to_the_model) as readers,
             ThreadPoolExecutor(workers, thread_name_prefix="encode", initializer=yield_to_the_model) as writers,

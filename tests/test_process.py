@@ -1,10 +1,13 @@
-"""A shard's threads: readers and writers yield the CPU to the model's thread (issue 7)."""
+"""A shard's threads: readers and writers yield the CPU to the model's thread, and hold a bounded
+number of scans in flight (issue 7)."""
 
 from __future__ import annotations
 
 import os
 import sys
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from colorize.engine import Colorizer
 from colorize.manifest import new_run_id
 from colorize.modelfile import load_model
 from colorize.plan import RunOptions, WorkItem
-from colorize.process import IO_NICENESS, ShardProcessor
+from colorize.process import IO_NICENESS, ShardProcessor, io_workers, read_ahead
 from colorize.storage.local import LocalStorage
 from tests.helpers import encode, gray_image, write
 
@@ -23,35 +26,61 @@ def _niceness() -> int:
 
 
 class WatchedStorage(LocalStorage):
-    """A local folder that notes each calling thread's niceness as it reads and writes."""
+    """A local folder that notes each calling thread's niceness as it reads and writes, and how many
+    scans are between their read and their write (optionally writing slowly, as a busy disk does)."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, write_delay: float = 0.0):
         super().__init__(uri)
         self.seen: list[tuple[str, int]] = []
+        self.write_delay = write_delay
+        self.in_flight = self.most_in_flight = 0
+        self._lock = threading.Lock()
+
+    def _count(self, step: int) -> None:
+        with self._lock:
+            self.in_flight += step
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
 
     def read_bytes(self, key: str) -> bytes:
         self.seen.append(("read", _niceness()))
+        self._count(+1)
         return super().read_bytes(key)
 
     def write_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.seen.append(("write", _niceness()))
+        time.sleep(self.write_delay)
         super().write_bytes(key, data, content_type)
+        self._count(-1)
+
+
+def _run(tmp_path: Path, model: Path, n: int, batch_size: int, write_delay: float = 0.0) -> WatchedStorage:
+    """Colorize n small scans with one storage watching both sides; return it."""
+    for i in range(n):
+        write(tmp_path / "src" / f"s{i:02d}.png", encode(gray_image(60, 80, seed=i), "PNG"))
+    storage = WatchedStorage(str(tmp_path), write_delay)
+    loaded = load_model(str(model))
+    opts = RunOptions(run_id=new_run_id(), source=storage.uri, dest=storage.uri, model=str(model),
+                      model_id=loaded.model_id, batch_size=batch_size)  # fmt: skip
+    items = [WorkItem(o.key, o.size, o.mtime, None, f"out/{o.key}", "PNG") for o in storage.list("src/")]
+    rows = ShardProcessor(opts, Colorizer(loaded, device="cpu"), storage, storage).run(items)
+    assert [r.status for r in rows] == ["colorized"] * n
+    return storage
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own niceness on Linux only")
 def test_readers_and_writers_run_below_the_models_thread(tmp_path: Path, tiny_model: Path):
-    for i in range(6):
-        write(tmp_path / "src" / f"s{i}.png", encode(gray_image(60, 80, seed=i), "PNG"))
-    source, dest = WatchedStorage(str(tmp_path / "src")), WatchedStorage(str(tmp_path / "out"))
-    model = load_model(str(tiny_model))
-    opts = RunOptions(run_id=new_run_id(), source=source.uri, dest=dest.uri, model=str(tiny_model),
-                      model_id=model.model_id, batch_size=2)  # fmt: skip
-    items = [WorkItem(o.key, o.size, o.mtime, None, o.key, "PNG") for o in source.list()]
     before = _niceness()
-
-    rows = ShardProcessor(opts, Colorizer(model, device="cpu"), source, dest).run(items)
-
-    assert [r.status for r in rows] == ["colorized"] * 6
+    storage = _run(tmp_path, tiny_model, 6, batch_size=2)
     expected = min(19, before + IO_NICENESS)
-    assert source.seen == [("read", expected)] * 6 and dest.seen == [("write", expected)] * 6
+    assert Counter(storage.seen) == {("read", expected): 6, ("write", expected): 6}
     assert _niceness() == before  # the calling (model's) thread keeps its priority
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_scans_in_flight_follow_the_batch_size(tmp_path: Path, tiny_model: Path, batch_size: int):
+    """Memory for huge scans: a smaller batch holds fewer full-resolution scans, even when writes lag."""
+    window = read_ahead(batch_size, io_workers())
+    storage = _run(tmp_path, tiny_model, 40, batch_size, write_delay=0.02)
+    # Read ahead (window) + the batch at the model + writes waiting behind it (window + a batch).
+    assert storage.most_in_flight <= 2 * window + 2 * batch_size
+    assert storage.most_in_flight >= min(40, window)  # and it does read ahead while the writes lag
