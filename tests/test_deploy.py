@@ -258,7 +258,8 @@ def test_backfill_runs_from_prefect_yaml_on_a_process_worker(server: PrefectServ
         _prefect(server, "deploy", "--prefect-file", "deploy/prefect.yaml", "--all")
         _check_deployments(server)
 
-        params = {"source": src, "dest": dest, "model": model, "device": "cpu", "shard_size": 2}
+        # As an operator tries it on a machine without a GPU: the CPU, in the flow's own process.
+        params = {"source": src, "dest": dest, "model": model, "device": "cpu", "shard_size": 2, "dask_local": 0}
         out = _prefect(server, "deployment", "run", "colorize-archive/backfill", *_param_args(params))
         match = re.search(r"UUID: ([0-9a-f-]{36})", out)
         assert match, out
@@ -296,6 +297,7 @@ def _check_deployments(server: PrefectServer) -> None:
     ]
     backfill = _api(server, "GET", "/deployments/name/colorize-archive/backfill").json()
     assert not backfill["schedules"] and "source" not in backfill["parameters"]
+    assert (backfill["parameters"]["batch_size"], backfill["parameters"]["dask_local"]) == (64, 4)  # the GPU's
     retrain = _api(server, "GET", "/deployments/name/retrain/on-demand").json()
     assert retrain["parameters"]["config"]["device"] == "cuda" and retrain["work_pool_name"] == POOL
 
