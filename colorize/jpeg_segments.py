@@ -47,14 +47,19 @@ def _segments(data: bytes) -> list[tuple[int, int, int]] | None:
     return None
 
 
+def _has_metadata(segments: list[tuple[int, int, int]]) -> bool:
+    """APP1 holds EXIF and XMP, APP13 Photoshop's IPTC."""
+    return any(marker in (_APP1, _APP13) for marker, _, _ in segments)
+
+
 def carries_metadata(data: bytes) -> bool:
     """Whether a file may hold EXIF, XMP or IPTC: True unless it is a JPEG whose headers show none.
 
-    APP1 holds EXIF and XMP, APP13 Photoshop's IPTC. Anything that does not parse as a plain JPEG
-    answers True, so that exiv2 reads it (and says what it makes of it).
+    Anything that does not parse as a plain JPEG answers True, so that exiv2 reads it (and says
+    what it makes of it).
     """
     segments = _segments(data)
-    return segments is None or any(marker in (_APP1, _APP13) for marker, _, _ in segments)
+    return segments is None or _has_metadata(segments)
 
 
 def exif_segment(ascii_tags: Mapping[int, str]) -> bytes | None:
@@ -84,7 +89,7 @@ def with_app1(jpeg: bytes, payloads: list[bytes]) -> bytes | None:
     plain JPEG.
     """
     segments = _segments(jpeg)
-    if segments is None or any(marker in (_APP1, _APP13) for marker, _, _ in segments):
+    if segments is None or _has_metadata(segments):
         return None
     # EXIF wants to come first; JFIF's APP0, when there is one, must stay right after SOI.
     at = segments[0][2] if segments and segments[0][0] == _APP0 else 2

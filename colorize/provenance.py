@@ -17,8 +17,8 @@ exiv2 (through ``pyexiv2``, which bundles it) reads and writes the metadata of J
 16 bit) and WebP in memory. A JPEG with no metadata to carry gets the same EXIF tags and XMP
 statements as two segments written as bytes (:mod:`colorize.jpeg_segments`): exiv2's rewrite of the
 whole file held the GIL and bounded GPU runs. BMP has no place for XMP: BMP outputs carry nothing,
-and the manifest records their provenance as ``none``. The XMP packet itself is built with ElementTree (RDF/XML);
-untrusted packets from scans are parsed with ``defusedxml``.
+and the manifest records their provenance as ``none``. The XMP packet itself is built with
+ElementTree (RDF/XML); untrusted packets from scans are parsed with ``defusedxml``.
 """
 
 from __future__ import annotations
@@ -479,8 +479,8 @@ def _embed_plain_jpeg(output: bytes, info: ProvenanceInfo, packet: bytes) -> byt
     canonical form. None when it cannot be done so (see :mod:`colorize.jpeg_segments`).
     """
     tags = {_EXIF_TAG_IDS[key]: value for key, value in _output_exif({}, info, "JPEG").items()}
-    payloads = [exif_segment(tags), xmp_segment(packet)]
-    return with_app1(output, [p for p in payloads if p]) if all(payloads) else None
+    exif, xmp = exif_segment(tags), xmp_segment(packet)
+    return with_app1(output, [exif, xmp]) if exif and xmp else None
 
 
 def provenance_kind(fmt: str, signed: bool) -> str:
