@@ -24,7 +24,7 @@ from colorize.manifest import new_run_id
 from colorize.modelfile import PACKAGED_DIR, load_model
 from colorize.plan import RunOptions, WorkItem
 from colorize.process import ShardProcessor
-from colorize.provenance import read_provenance
+from colorize.provenance_read import read_provenance
 from colorize.storage import open_storage
 from tests.helpers import colour_image, encode, gray_image, write
 

@@ -28,6 +28,7 @@ from PIL import Image, IptcImagePlugin
 from typer.testing import CliRunner
 
 from colorize import __version__, provenance
+from colorize.c2pa_signing import load_signing_key
 from colorize.cli import app
 from colorize.jpeg_segments import carries_metadata
 from colorize.manifest import COLUMNS, ManifestRow, read_csv, to_frame, write_csv
@@ -38,10 +39,9 @@ from colorize.provenance import (
     ProvenanceError,
     ProvenanceInfo,
     embed,
-    load_signing_key,
     provenance_xmp,
-    read_provenance,
 )
+from colorize.provenance_read import read_provenance
 from colorize.storage import open_storage
 from tests.helpers import encode, gray_image, write
 
