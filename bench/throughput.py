@@ -66,7 +66,7 @@ def cpu_name() -> str:
     return platform.machine()
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -81,7 +81,7 @@ class PeakRSS:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
+            self.peak = max(self.peak, rss_mb())
             time.sleep(0.02)
 
     def __enter__(self) -> PeakRSS:
@@ -91,7 +91,7 @@ class PeakRSS:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
+        self.peak = max(self.peak, rss_mb())
 
 
 @dataclass
@@ -132,7 +132,7 @@ def measure(name: str, n: int, fn: Callable[[], None], device: torch.device) -> 
     return Measurement(name, n, wall, cpu, rss.peak)
 
 
-def _scan(size: tuple[int, int], seed: int, bits: int) -> np.ndarray:
+def gray_scan(size: tuple[int, int], seed: int, bits: int) -> np.ndarray:
     """A gray photograph-like image: smooth shapes plus grain (compresses like a real scan)."""
     w, h = size
     rng = np.random.default_rng(seed)
@@ -149,7 +149,7 @@ def _scan(size: tuple[int, int], seed: int, bits: int) -> np.ndarray:
 def gray_jpeg(seed: int, **save: object) -> bytes:
     """One of the folder's 1600x1200 gray JPEGs (quality 90); ``save``: more of Pillow's save options."""
     buf = io.BytesIO()
-    Image.fromarray(_scan(JPEG_SIZE, seed, 8)).save(buf, "JPEG", quality=90, **save)
+    Image.fromarray(gray_scan(JPEG_SIZE, seed, 8)).save(buf, "JPEG", quality=90, **save)
     return buf.getvalue()
 
 
@@ -163,7 +163,7 @@ def build_folder(root: Path, n: int, tiff_every: int = TIFF_EVERY) -> None:
         p.write_bytes(gray_jpeg(i))
         jpegs.append(p)
     tiff = pool / "t.tif"
-    Image.fromarray(_scan(TIFF_SIZE, 99, 16)).save(tiff, compression="tiff_adobe_deflate")
+    Image.fromarray(gray_scan(TIFF_SIZE, 99, 16)).save(tiff, compression="tiff_adobe_deflate")
     for i in range(n):
         src = tiff if tiff_every and i % tiff_every == tiff_every - 1 else jpegs[i % len(jpegs)]
         dst = root / "scans" / f"batch-{i // 100:03d}" / f"scan-{i:05d}{src.suffix}"
@@ -208,12 +208,20 @@ class NoModel(Colorizer):
         return gray.new_zeros((gray.shape[0], 2, *gray.shape[1:]))
 
 
-def pipeline(src: Path, dest: Path, colorizer: Colorizer, batch: int, shard_size: int, gpu_jpeg: bool = True) -> None:
+def pipeline(
+    src: Path,
+    dest: Path,
+    colorizer: Colorizer,
+    batch: int,
+    shard_size: int,
+    gpu_jpeg: bool = True,
+    memory_budget: int | None = None,
+) -> None:
     """(c)/(d): what a colorize run's tasks do, without Prefect around them."""
     source, target = open_storage(str(src)), open_storage(str(dest))
     opts = RunOptions(run_id=new_run_id(), source=source.uri, dest=target.uri, model="bench",
                       model_id=colorizer.model_id, batch_size=batch, shard_size=shard_size,
-                      device=str(colorizer.device), gpu_jpeg=gpu_jpeg)  # fmt: skip
+                      device=str(colorizer.device), gpu_jpeg=gpu_jpeg, memory_budget=memory_budget)  # fmt: skip
     processor = ShardProcessor(opts, colorizer, source, target)
     for unit in plan(opts, source, target, Ledger.load(target)):
         rows = processor.run(unit.items) if isinstance(unit, Shard) else unit.rows

@@ -67,6 +67,10 @@ def run(
     max_megapixels: Annotated[float, typer.Option(help="Refuse larger images before decoding.")] = (
         DEFAULT_MAX_PIXELS / 1e6
     ),
+    memory_gb: Annotated[
+        float | None,
+        typer.Option(help="Memory for scans in flight, per process (default: a quarter of RAM, shared)."),
+    ] = None,
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
     sign_with: Annotated[
         tuple[str, str] | None,
@@ -97,7 +101,7 @@ def run(
             source=source, dest=dest, model=model, registry=registry, batch_size=batch_size,
             shard_size=shard_size, device=device.value, backend=backend.value, force=force, redo_older=redo_older,
             colorize_color=colorize_color, output_format=output_format.value,
-            max_megapixels=max_megapixels, endpoint_url=endpoint_url, progress=True,
+            max_megapixels=max_megapixels, memory_gb=memory_gb, endpoint_url=endpoint_url, progress=True,
             dask_address=dask_address, dask_local=dask_local, gpu_jpeg=gpu_jpeg, gpu_slot=gpu_slot,
             sign_cert=sign_with[0] if sign_with else None, sign_key=sign_with[1] if sign_with else None,
         )  # fmt: skip
@@ -116,6 +120,10 @@ def train(
     width: Annotated[int, typer.Option(min=1, help="Generator width (channels of the first block).")] = 64,
     depth: Annotated[int, typer.Option(min=2, help="U-Net levels (8 for 256 crops, 7 for 128).")] = 8,
     image_size: Annotated[int, typer.Option(help="Training crop side.")] = 256,
+    load_size: Annotated[int, typer.Option(help="Photos are held at this side (square) to crop from.")] = 286,
+    min_crop_scale: Annotated[
+        float, typer.Option(help="Crops take this share of load-size or more, then are resized to image-size.")
+    ] = 0.895,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
     decay_epoch: Annotated[int, typer.Option(help="Linear decay to 0 starts after this epoch.")] = 100,
@@ -140,7 +148,8 @@ def train(
 
     try:
         cfg = TrainConfig(
-            color_mode=color_mode, width=width, depth=depth, image_size=image_size, epochs=epochs,
+            color_mode=color_mode, width=width, depth=depth, image_size=image_size, load_size=load_size,
+            min_crop_scale=min_crop_scale, epochs=epochs,
             batch_size=batch_size, lr=lr, decay_epoch=decay_epoch, lambda_l1=lambda_l1,
             l1_warmup_epochs=l1_warmup_epochs, ema_decay=ema_decay, val_fraction=val_fraction,
             eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, device=device.value,
@@ -191,7 +200,7 @@ def inspect(
     """
     from pathlib import Path
 
-    from colorize.provenance import describe, read_provenance
+    from colorize.provenance_read import describe, read_provenance
     from colorize.storage import StorageError, read_uri
 
     try:

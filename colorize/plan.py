@@ -48,6 +48,7 @@ class RunOptions:
     colorize_color: bool = False
     output_format: str = "same"
     max_pixels: int = DEFAULT_MAX_PIXELS
+    memory_budget: int | None = None  # bytes for scans in flight per process; None: a share of its RAM
     endpoint_url: str | None = None
     sign_cert: str | None = None  # C2PA signing (issue 10): certificate chain and key, paths or s3:// URIs
     sign_key: str | None = None
@@ -57,6 +58,8 @@ class RunOptions:
             raise ValueError("batch size and shard size must be at least 1")
         if bool(self.sign_cert) != bool(self.sign_key):
             raise ValueError("signing needs both a certificate (sign_cert) and its key (sign_key)")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise ValueError("the memory budget must be positive")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
 

@@ -22,10 +22,12 @@ import cv2
 import numpy as np
 import torch
 
+from colorize.c2pa_signing import load_signing_key, sign_c2pa
 from colorize.color import merge_chroma
 from colorize.detect import detect_colour
 from colorize.engine import Colorizer, model_input
 from colorize.imaging import Scan, ScanError, content_type, decode_scan, encode_image
+from colorize.inflight import TRIM_AFTER, InFlight, default_memory_budget, give_back_memory
 from colorize.jpeg_lane import Decoded, JpegHeader, JpegLane, read_header
 from colorize.manifest import ManifestRow, format_mtime
 from colorize.plan import RunOptions, WorkItem, done_row
@@ -34,9 +36,7 @@ from colorize.provenance import (
     ProvenanceInfo,
     SourceMetadata,
     embed,
-    load_signing_key,
     provenance_kind,
-    sign_c2pa,
     source_metadata,
 )
 from colorize.storage import ObjectInfo, Storage, StorageError
@@ -233,6 +233,7 @@ class ShardProcessor:
         rows: dict[int, ManifestRow] = {}
         workers = io_workers()
         window = read_ahead(self.opts.batch_size, workers)
+        held = InFlight(self.opts.memory_budget or default_memory_budget(), workers)
         with (
             ThreadPoolExecutor(workers, thread_name_prefix="decode", initializer=yield_to_the_model) as readers,
             ThreadPoolExecutor(workers, thread_name_prefix="encode", initializer=yield_to_the_model) as writers,
@@ -240,6 +241,15 @@ class ShardProcessor:
             ThreadPoolExecutor(1, thread_name_prefix="gpu-encode") as self._gpu_encoder,
         ):
             writes: deque[tuple[int, Future[ManifestRow | _Prepared]]] = deque()
+            # Batches of one kind: decoded on the CPU, or JPEG bytes for the GPU to decode.
+            batches: dict[bool, list[tuple[int, _Prepared]]] = {False: [], True: []}
+
+            def done(index: int, row: ManifestRow) -> None:
+                rows[index] = row
+                if held.written(index) >= TRIM_AFTER:
+                    give_back_memory()
+                if on_row:
+                    on_row(row)
 
             def collect(keep: int) -> None:
                 """Take finished writes in order; wait while more than ``keep`` are in flight."""
@@ -247,45 +257,71 @@ class ShardProcessor:
                     index, fut = writes.popleft()
                     row = fut.result()
                     assert isinstance(row, ManifestRow)
-                    rows[index] = row
-                    if on_row:
-                        on_row(row)
+                    done(index, row)
 
-            # Batches of one kind: decoded on the CPU, or JPEG bytes for the GPU to decode.
-            batches: dict[bool, list[tuple[int, _Prepared]]] = {False: [], True: []}
-            for index, prepared in self._prefetch(readers, items, window):
+            def make_room() -> bool:
+                """Send a partial batch on, or wait for the oldest write; False when neither is left."""
+                if waiting := next((b for b in batches.values() if b), None):
+                    predict(waiting)
+                elif writes:
+                    collect(keep=len(writes) - 1)
+                else:
+                    return False
+                return True
+
+            def predict(batch: list[tuple[int, _Prepared]]) -> None:
+                self._predict(batch, writers, writes)
+                for index, _ in batch:
+                    held.to_write(index)
+                batch.clear()
+
+            for index, prepared in self._prefetch(readers, items, window, held.may_read, make_room):
                 if isinstance(prepared, ManifestRow):
-                    rows[index] = prepared
-                    if on_row:
-                        on_row(prepared)
+                    done(index, prepared)
                     continue
+                held.read(index, _held_bytes(prepared))
                 batch = batches[prepared.jpeg is not None]
                 batch.append((index, prepared))
-                if len(batch) == self.opts.batch_size:
-                    self._predict(batch, writers, writes)
-                    batch.clear()
+                # Over the memory budget (huge masters), a partial batch goes on, to free its scans.
+                if len(batch) == self.opts.batch_size or held.over():
+                    predict(batch)
                 collect(keep=window)  # bounds the full-resolution images held in memory
+                while writes and held.over():
+                    collect(keep=len(writes) - 1)
             for batch in batches.values():
                 if batch:
-                    self._predict(batch, writers, writes)
+                    predict(batch)
             collect(keep=0)
         return [rows[i] for i in range(len(items))]
 
     def _prefetch(
-        self, pool: ThreadPoolExecutor, items: list[WorkItem], window: int
+        self,
+        pool: ThreadPoolExecutor,
+        items: list[WorkItem],
+        window: int,
+        may_read: Callable[[int], bool],
+        make_room: Callable[[], bool],
     ) -> Iterator[tuple[int, ManifestRow | _Prepared]]:
-        """Prepared items in order, with at most ``window`` reads in flight (bounded memory)."""
+        """Prepared items in order, with at most ``window`` reads in flight (bounded memory).
+
+        A further read starts only when ``may_read(reads in flight)`` says it fits in memory. With
+        no read in flight, ``make_room()`` waits for writes to finish until it fits; when none is
+        left to wait for, the read goes on over the budget (a scan larger than the budget, alone).
+        """
         queue: deque[tuple[int, Future[ManifestRow | _Prepared]]] = deque()
         upcoming = iter(enumerate(items))
-        for index, item in upcoming:
-            queue.append((index, pool.submit(self._guard, item, lambda it=item: self._prepare(it))))
-            if len(queue) >= window:
-                break
-        while queue:
+        nxt = next(upcoming, None)
+        while nxt is not None or queue:
+            while nxt is not None and len(queue) < window:
+                if not may_read(len(queue)):
+                    if queue:
+                        break  # the reads in flight come first
+                    if make_room():
+                        continue
+                index, item = nxt
+                queue.append((index, pool.submit(self._guard, item, lambda it=item: self._prepare(it))))
+                nxt = next(upcoming, None)
             index, fut = queue.popleft()
-            nxt = next(upcoming, None)
-            if nxt is not None:
-                queue.append((nxt[0], pool.submit(self._guard, nxt[1], lambda it=nxt[1]: self._prepare(it))))
             yield index, fut.result()
 
     def _predict(
@@ -390,6 +426,11 @@ def _pass_on(source: Future[ManifestRow | _Prepared], target: Future[ManifestRow
         target.set_exception(err)
     else:
         target.set_result(source.result())
+
+
+def _held_bytes(p: _Prepared) -> int:
+    """What a prepared scan holds in memory: its full-resolution gray, or (JPEG lane) its file."""
+    return p.scan.gray.nbytes if isinstance(p.scan, Scan) else len(p.jpeg or b"")
 
 
 def _done(row: ManifestRow) -> Future[ManifestRow | _Prepared]:

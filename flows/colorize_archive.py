@@ -14,13 +14,14 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
+from colorize.c2pa_signing import load_signing_key
 from colorize.imaging import DEFAULT_MAX_PIXELS
+from colorize.inflight import memory_budget
 from colorize.manifest import Ledger, finish_run, new_run_id, run_key, unfinished_runs, write_part
 from colorize.model_cache import get_colorizer
 from colorize.modelfile import model_identity, resolve_model_spec
 from colorize.plan import RunOptions, Shard, SkipBatch, check_destination, plan
 from colorize.process import ShardProcessor
-from colorize.provenance import load_signing_key
 from colorize.report import DEFAULT_SAMPLE, report_link, write_report
 from colorize.storage import StorageError, open_storage
 from flows.runners import current_api_url, shard_resources, shard_runner, share_api_url
@@ -174,6 +175,7 @@ def colorize_archive(
     colorize_color: bool = False,
     output_format: str = "same",
     max_megapixels: float = DEFAULT_MAX_PIXELS / 1e6,
+    memory_gb: float | None = None,  # for scans in flight, per process; default a quarter of RAM (shared)
     endpoint_url: str | None = None,
     dask_address: str | None = None,  # an existing Dask scheduler, tcp://host:8786
     dask_local: int = 0,  # or a LocalCluster of this many worker processes
@@ -190,6 +192,7 @@ def colorize_archive(
         batch_size=batch_size, shard_size=shard_size, device=device, backend=backend, gpu_jpeg=gpu_jpeg, force=force,
         redo_older=redo_older, colorize_color=colorize_color, output_format=output_format,
         max_pixels=int(max_megapixels * 1e6), endpoint_url=endpoint_url, sign_cert=sign_cert, sign_key=sign_key,
+        memory_budget=memory_budget(memory_gb, dask_local),
     )  # fmt: skip
     on_dask = bool(dask_address or dask_local > 0)
     # One model on a GPU at a time on a single host (deploy/README.md); Dask workers use GPU resources.

@@ -1,5 +1,5 @@
 """A shard's threads: readers and writers yield the CPU to the model's thread, and hold a bounded
-number of scans in flight (issue 7)."""
+number of scans in flight (issue 7), and a bounded number of bytes (huge masters)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from colorize.engine import Colorizer
+from colorize.inflight import WRITE_PEAK_FACTOR, InFlight, default_memory_budget, memory_budget
 from colorize.manifest import new_run_id
 from colorize.modelfile import load_model
 from colorize.plan import RunOptions, WorkItem
@@ -53,14 +54,16 @@ class WatchedStorage(LocalStorage):
         self._count(-1)
 
 
-def _run(tmp_path: Path, model: Path, n: int, batch_size: int, write_delay: float = 0.0) -> WatchedStorage:
-    """Colorize n small scans with one storage watching both sides; return it."""
+def _run(
+    tmp_path: Path, model: Path, n: int, batch_size: int, write_delay: float = 0.0, memory_budget: int | None = None
+) -> WatchedStorage:
+    """Colorize n small (60x80) scans with one storage watching both sides; return it."""
     for i in range(n):
         write(tmp_path / "src" / f"s{i:02d}.png", encode(gray_image(60, 80, seed=i), "PNG"))
     storage = WatchedStorage(str(tmp_path), write_delay)
     loaded = load_model(str(model))
     opts = RunOptions(run_id=new_run_id(), source=storage.uri, dest=storage.uri, model=str(model),
-                      model_id=loaded.model_id, batch_size=batch_size)  # fmt: skip
+                      model_id=loaded.model_id, batch_size=batch_size, memory_budget=memory_budget)  # fmt: skip
     items = [WorkItem(o.key, o.size, o.mtime, None, f"out/{o.key}", "PNG") for o in storage.list("src/")]
     rows = ShardProcessor(opts, Colorizer(loaded, device="cpu"), storage, storage).run(items)
     assert [r.status for r in rows] == ["colorized"] * n
@@ -84,3 +87,48 @@ def test_scans_in_flight_follow_the_batch_size(tmp_path: Path, tiny_model: Path,
     # Read ahead (window) + the batch at the model + writes waiting behind it (window + a batch).
     assert storage.most_in_flight <= 2 * window + 2 * batch_size
     assert storage.most_in_flight >= min(40, window)  # and it does read ahead while the writes lag
+
+
+GRAY = 60 * 80  # bytes of one of _run's scans at full resolution
+
+
+def test_a_memory_budget_bounds_the_scans_in_flight(tmp_path: Path, tiny_model: Path):
+    """Huge masters: the bytes held, not only the number of scans, stay within the budget."""
+    budget = 30 * GRAY
+    storage = _run(tmp_path, tiny_model, 40, batch_size=8, write_delay=0.02, memory_budget=budget)
+    # Every scan held costs at least its gray; one read always goes on, even over the budget.
+    assert storage.most_in_flight <= budget // GRAY + 1
+    assert storage.most_in_flight >= 2  # reading still overlaps writing
+    # Without the budget the same run holds more (the window of scans: test above).
+    assert _run(tmp_path / "free", tiny_model, 40, batch_size=8, write_delay=0.02).most_in_flight > budget // GRAY + 1
+
+
+def test_a_scan_larger_than_the_budget_is_still_done_alone(tmp_path: Path, tiny_model: Path):
+    storage = _run(tmp_path, tiny_model, 10, batch_size=8, memory_budget=GRAY // 2)
+    assert storage.most_in_flight == 1
+
+
+def test_the_account_charges_the_scans_that_may_be_written_next_at_their_peak():
+    held = InFlight(budget=100 * GRAY, workers=2)
+    assert held.may_read(0) and not held.may_read(1)  # one read at a time until a size is known
+    held.read(0, GRAY)
+    held.read(1, GRAY)
+    # 2 scans held, both charged at their peak (2 writers); each read in flight as one more held.
+    room = 100 - 2 * WRITE_PEAK_FACTOR
+    assert held.may_read(room - 1) and not held.may_read(room)
+    held.to_write(0)
+    held.to_write(1)
+    assert held.may_read(room - 1) and not held.may_read(room) and held.writing == 2
+    held.read(2, 80 * GRAY)  # a huge master
+    assert held.over() and not held.may_read(0)
+    assert held.written(0) == GRAY and held.written(1) == GRAY
+    assert held.over()  # alone over the budget: the shard lets it through alone (tests above)
+    assert held.written(2) == 80 * GRAY
+    assert not held.over() and held.writing == 0
+
+
+def test_the_default_budget_is_shared_by_a_hosts_processes():
+    assert memory_budget(0.5) == 2**29  # as asked, per process
+    assert memory_budget(None) is None  # each process takes its own machine's share
+    assert memory_budget(None, local_processes=4) == default_memory_budget(4) == default_memory_budget() // 4
+    assert default_memory_budget() > 0

@@ -187,7 +187,9 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     src = tmp_path / "scans"
     write(src / "ok.png", encode(gray_image(40, 40), "PNG"))
     write(src / "broken.jpg", b"nope")
-    done = _cli(["run", str(src), str(tmp_path / "out"), "--model", str(tiny_model), "--batch-size", "2"], cli_env)
+    # A memory budget smaller than one scan: done one at a time, nothing refused.
+    args = ["--model", str(tiny_model), "--batch-size", "2", "--memory-gb", "0.001"]
+    done = _cli(["run", str(src), str(tmp_path / "out"), *args], cli_env)
     assert done.returncode == 0, done.stderr
     assert "colorized 1, failed 1" in done.stdout
 

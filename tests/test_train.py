@@ -184,7 +184,8 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env):
     common = ["train", str(photos), "--width", "8", "--depth", "6", "--image-size", "64", "--batch-size", "2",
               "--epochs", "6", "--eval-every", "3", "--checkpoint-every", "1", "--val-fraction", "0.25",
-              "--l1-warmup-epochs", "1", "--ema-decay", "0.9", "--device", "cpu"]  # fmt: skip
+              "--l1-warmup-epochs", "1", "--ema-decay", "0.9", "--device", "cpu",
+              "--load-size", "96", "--min-crop-scale", "0.5"]  # multi-scale crops: 48-96 px resized to 64  # fmt: skip
     straight = _cli([*common, "--registry", str(tmp_path / "a")], cli_env)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
@@ -216,6 +217,8 @@ def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env
     hist_a = json.loads((tmp_path / "a/versions/v1/card.json").read_text())["metrics"]
     hist_b = json.loads((tmp_path / "b/versions/v1/card.json").read_text())["metrics"]
     assert hist_a == hist_b
+    recipe = json.loads((tmp_path / "b/versions/v1/card.json").read_text())["hyperparameters"]
+    assert (recipe["load_size"], recipe["min_crop_scale"]) == (96, 0.5)  # the card records the crops used
 
     listed = _cli(["models", "list", "--registry", str(tmp_path / "b")], cli_env)
     assert listed.returncode == 0 and listed.stdout.startswith("v1\tproduction\t") and "psnr=" in listed.stdout

@@ -1,0 +1,125 @@
+"""How much memory a shard holds for scans between their read and their write, against a budget.
+
+The read-ahead window counts scans, which is right for ordinary scans and wrong for huge masters:
+32 scans of 200 MP are tens of GB. The shard's main thread therefore also keeps this account, in
+bytes, and reads less far ahead, flushes a partial batch or waits for its writes when it runs over.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+# A scan's peak while it is merged and encoded, as a multiple of its full-resolution gray: the gray
+# itself, the chroma upsampled to full size (float32 a, b: 8 bytes a pixel), the RGB output, the
+# encoded bytes, and what the allocator keeps. Measured through the pipeline on 48 MP 8-bit JPEG
+# masters done one at a time: 15.5x (bench/RESULTS.md, bench/masters_memory.py).
+WRITE_PEAK_FACTOR = 15
+# The default budget's share of the machine's physical memory (divided among a host's processes).
+DEFAULT_MEMORY_SHARE = 0.25
+# glibc serves allocations under 32 MB (its largest automatic mmap threshold) from per-thread arenas
+# and keeps what is freed there. After a scan this large, the freed memory is handed back.
+TRIM_AFTER = 32 << 20
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
+def give_back_memory() -> None:
+    """Return the C heap's free memory to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    Measured on 48 MP masters, one at a time: the process grew by 839 MB when glibc was left alone,
+    711 MB with a trim after each (bench/RESULTS.md).
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def default_memory_budget(processes: int = 1) -> int:
+    """Bytes for scans in flight in one process: a quarter of physical memory, shared by ``processes``."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest 8 GB machine
+        physical = 8 << 30
+    return int(physical * DEFAULT_MEMORY_SHARE / max(1, processes))
+
+
+def memory_budget(memory_gb: float | None, local_processes: int = 0) -> int | None:
+    """A run's budget in bytes per process: as asked, or a local cluster's share of this host's.
+
+    None lets each process take its default share of the memory of the machine it runs on
+    (a remote Dask worker's, say).
+    """
+    if memory_gb is not None:
+        return int(memory_gb * 2**30)
+    return default_memory_budget(local_processes) if local_processes > 0 else None
+
+
+class InFlight:
+    """The bytes held by scans a shard has read and not yet written (main thread only, no locks).
+
+    Each scan is charged its decoded full-resolution gray (``nbytes``) from the moment it is read
+    until its write is collected. Scans being written cost more: up to ``workers`` of them are merged
+    and encoded at once, each at ``WRITE_PEAK_FACTOR`` times its gray: the largest ``workers`` scans
+    held are charged so, whether they are at the writers yet or still waiting for a batch (a full
+    batch goes to the writers at once). A read in flight is
+    charged as a held scan the size of the largest seen so far: its size is known only once decoded.
+    """
+
+    def __init__(self, budget: int, workers: int):
+        if budget <= 0:
+            raise ValueError(f"memory budget must be positive, not {budget}")
+        self.budget = budget
+        self.workers = workers
+        self.largest = 0
+        self._reading: dict[int, int] = {}  # read, waiting for (or in) a batch
+        self._writing: dict[int, int] = {}  # handed to the writers
+
+    def _estimate(self, reads_in_flight: int) -> int:
+        held = [*self._reading.values(), *self._writing.values(), *[self.largest] * reads_in_flight]
+        # Any scan held may be among the next ones merged, so the largest are charged at their peak.
+        busiest = sorted(held, reverse=True)[: self.workers]
+        return sum(held) + (WRITE_PEAK_FACTOR - 1) * sum(busiest)
+
+    def may_read(self, reads_in_flight: int) -> bool:
+        """Whether one more read fits, ``reads_in_flight`` being already under way.
+
+        Until one scan has been seen, reads go one at a time: their size is anyone's guess.
+        """
+        if self.largest == 0:
+            return reads_in_flight == 0
+        return self._estimate(reads_in_flight + 1) <= self.budget
+
+    def read(self, index: int, nbytes: int) -> None:
+        """Scan ``index`` has been read and decoded: ``nbytes`` of it are held from now on."""
+        self._reading[index] = nbytes
+        self.largest = max(self.largest, nbytes)
+
+    def to_write(self, index: int) -> None:
+        """Scan ``index`` went through the model and on to the writers."""
+        if index in self._reading:
+            self._writing[index] = self._reading.pop(index)
+
+    def written(self, index: int) -> int:
+        """Scan ``index`` is written (or failed): it holds nothing any more. Returns what it held."""
+        return self._reading.pop(index, 0) + self._writing.pop(index, 0)
+
+    def over(self) -> bool:
+        """Whether what is held now exceeds the budget."""
+        return self._estimate(0) > self.budget
+
+    @property
+    def writing(self) -> int:
+        return len(self._writing)
