@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from colorize.modelfile import PACKAGED_DIR, WEIGHTS_FILE, load_model, save_model  # noqa: E402
 from colorize.storage import open_storage  # noqa: E402
+from colorize.storage.local import TEMP_DIR  # noqa: E402
 
 MAX_MB = 30
 
@@ -42,6 +43,8 @@ def main() -> None:
     if args.chroma_median is not None:
         card["chroma_median"] = args.chroma_median
     saved = save_model(open_storage(args.out), model.generator, card, dtype=torch.float16)
+    # The package ships as it is: no empty staging folder from the atomic writes beside the weights.
+    (Path(args.out) / TEMP_DIR).rmdir()
     size = (Path(args.out) / WEIGHTS_FILE).stat().st_size / 1e6
     if size > MAX_MB:
         raise SystemExit(f"{size:.1f} MB is over the {MAX_MB} MB the starter model may weigh")
