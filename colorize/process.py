@@ -61,6 +61,8 @@ class _Prepared:
 # (bench/RESULTS.md); the window stays proportional to the batch, so a smaller batch still means less
 # memory for huge scans.
 READ_AHEAD_CAP = 32
+# Memory budgets this process has said it reached (the warning is given once, not once per shard).
+_BUDGETS_REACHED: set[int] = set()
 # How much less CPU priority the reader and writer threads get than the model's thread.
 IO_NICENESS = 10
 
@@ -283,7 +285,15 @@ class ShardProcessor:
                 batch = batches[prepared.jpeg is not None]
                 batch.append((index, prepared))
                 # Over the memory budget (huge masters), a partial batch goes on, to free its scans.
-                if len(batch) == self.opts.batch_size or held.over():
+                over = held.over()
+                if over and held.budget not in _BUDGETS_REACHED:
+                    _BUDGETS_REACHED.add(held.budget)  # once per process: why a run of huge masters slows down
+                    log.warning(
+                        "memory budget of %.2f GB reached (largest scan %.0f MB of gray): fewer scans in "
+                        "flight, down to one at a time; --memory-gb sets the budget",
+                        held.budget / 2**30, held.largest / 2**20,
+                    )  # fmt: skip
+                if len(batch) == self.opts.batch_size or over:
                     predict(batch)
                 collect(keep=window)  # bounds the full-resolution images held in memory
                 while writes and held.over():

@@ -3,6 +3,7 @@ number of scans in flight (issue 7), and a bounded number of bytes (huge masters
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -103,9 +104,15 @@ def test_a_memory_budget_bounds_the_scans_in_flight(tmp_path: Path, tiny_model: 
     assert _run(tmp_path / "free", tiny_model, 40, batch_size=8, write_delay=0.02).most_in_flight > budget // GRAY + 1
 
 
-def test_a_scan_larger_than_the_budget_is_still_done_alone(tmp_path: Path, tiny_model: Path):
-    storage = _run(tmp_path, tiny_model, 10, batch_size=8, memory_budget=GRAY // 2)
-    assert storage.most_in_flight == 1
+def test_a_scan_larger_than_the_budget_is_still_done_alone(
+    tmp_path: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture
+):
+    with caplog.at_level(logging.WARNING, logger="colorize.process"):
+        storage = _run(tmp_path, tiny_model, 10, batch_size=8, memory_budget=GRAY // 2 + 1)
+        assert storage.most_in_flight == 1
+        _run(tmp_path / "again", tiny_model, 10, batch_size=8, memory_budget=GRAY // 2 + 1)  # a second shard
+    said = [r.getMessage() for r in caplog.records if "memory budget" in r.getMessage()]
+    assert len(said) == 1 and "--memory-gb" in said[0]  # the operator learns why it is slow, once
 
 
 def test_the_account_charges_the_scans_that_may_be_written_next_at_their_peak():
