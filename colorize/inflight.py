@@ -79,9 +79,7 @@ class InFlight:
     """
 
     def __init__(self, budget: int, workers: int):
-        if budget <= 0:
-            raise ValueError(f"memory budget must be positive, not {budget}")
-        self.budget = budget
+        self.budget = budget  # positive: RunOptions checks what a user gives
         self.workers = workers
         self.largest = 0
         self._reading: dict[int, int] = {}  # read, waiting for (or in) a batch
