@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from enum import StrEnum
 from typing import Annotated
 
@@ -259,11 +260,20 @@ def models_promote(
     typer.echo(f"{alias} -> {version}")
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # SIGTERM (a scheduler's timeout, systemd, Kubernetes) ends the process without running exit
+    # handlers, and one of Prefect's stops the temporary API server it started: it would be left
+    # running, orphaned. Unwinding as an exit runs them (Prefect's flow engine, which takes SIGTERM
+    # over during a flow run, hands it back here once it has marked the run crashed).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,45 @@ def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     assert not [p for p in (dest / "manifests").iterdir() if p.is_dir()]
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+def test_a_terminated_run_stops_the_prefect_server_it_started(tmp_path, tiny_model):
+    """SIGTERM (a scheduler's timeout) mid-run: the run exits 143 and leaves no Prefect server behind."""
+    import re
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "fresh-home")
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    for i in range(200):
+        write(src / f"s{i:03d}.png", encode(gray_image(40, 50, seed=i), "PNG"))
+    log = tmp_path / "stderr.txt"
+    args = ["run", str(src), str(dest), "--model", str(tiny_model), "--shard-size", "2", "--batch-size", "1"]
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "colorize.cli", *args], env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)  # fmt: skip
+    try:
+        start = time.time()
+        while not list(dest.glob("manifests/*/shard-*.csv")):  # well inside the flow run
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() - start < 300, "the run never wrote a shard manifest"
+            time.sleep(0.05)
+        port = int(re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", log.read_text()).group(1))
+        assert _listening(port)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not _listening(port), "the run's Prefect server outlived it"
+    assert len(list(dest.glob("*.png"))) < 200  # it was stopped mid-run, not after the end
+
+
 def test_library_never_imports_prefect():
     code = (
         "import pkgutil, importlib, sys, colorize\n"
