@@ -94,6 +94,7 @@ def run(
     non-zero when the run itself could not proceed.
     """
     from colorize.modelfile import ModelNotFoundError
+    from colorize.plan import describe_not_scans
     from colorize.storage import StorageError
     from flows.colorize_archive import colorize_archive
 
@@ -110,6 +111,8 @@ def run(
         raise _fail(str(err), 1) from None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "no scans found"
     typer.echo(f"run {summary.run_id}: {counts}")
+    if summary.not_scans:
+        typer.echo(f"left alone, not scans by their extension: {describe_not_scans(summary.not_scans)}")
     typer.echo(f"manifest: {summary.dest.rstrip('/')}/manifests/{summary.run_id}.csv")
 
 

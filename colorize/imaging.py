@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -36,6 +37,16 @@ SCAN_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".
 OUTPUT_FORMATS = ("same", "jpeg", "png", "tiff")
 _FORCED = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF"}
 JPEG_QUALITY = 95
+
+
+def image_extensions(extensions: Iterable[str]) -> set[str]:
+    """Those of ``extensions`` (lower case, with the dot) that Pillow knows as images but are not scans.
+
+    Runs read only :data:`SCAN_EXTENSIONS`; these (``.gif``, ``.jp2``, ``.psd``, ...) are images
+    they leave alone, which a person should hear about.
+    """
+    known = Image.registered_extensions()
+    return {e for e in extensions if e in known and e not in SCAN_EXTENSIONS}
 
 
 class ScanError(Exception):

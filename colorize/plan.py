@@ -8,7 +8,8 @@ is the ledger (a hash map, one entry per source ever seen) and the set of output
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from colorize.imaging import (
@@ -16,6 +17,7 @@ from colorize.imaging import (
     FORMATS,
     OUTPUT_FORMATS,
     SCAN_EXTENSIONS,
+    image_extensions,
     output_format,
     output_key,
 )
@@ -109,6 +111,20 @@ def extension_format(key: str) -> str | None:
     return _EXTENSION_FORMAT.get(os.path.splitext(key)[1].lower())
 
 
+def describe_not_scans(counts: Mapping[str, int]) -> str:
+    """What a run left alone, for people: "3 .gif (images in a format runs do not read), 2 .txt".
+
+    Args:
+        counts: file extension (lower case, with its dot; "" for none) -> files listed with it.
+    """
+    images = image_extensions(counts)
+    parts = [
+        f"{n} {ext or 'without extension'}" + (" (an image format runs do not read)" if ext in images else "")
+        for ext, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return ", ".join(parts)
+
+
 def _unchanged(obj: ObjectInfo, entry: LedgerEntry) -> bool | None:
     """True/False when size and ETag (S3) or mtime (local) settle it; None when only the bytes can."""
     if obj.size != entry.size:
@@ -146,11 +162,18 @@ def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEn
 
 
 def plan(
-    opts: RunOptions, source: Storage, dest: Storage, ledger: Ledger, skip_batch_size: int = 10_000
+    opts: RunOptions,
+    source: Storage,
+    dest: Storage,
+    ledger: Ledger,
+    skip_batch_size: int = 10_000,
+    not_scans: Counter[str] | None = None,
 ) -> Iterator[Shard | SkipBatch]:
     """Decide what to do with every scan under the source, as a stream of shards and skip batches.
 
-    Every listed scan ends up in exactly one shard or one skip batch.
+    Every listed scan ends up in exactly one shard or one skip batch. Files without a scan
+    extension get no row (an archive's sidecars would swamp the manifest); ``not_scans``, when
+    given, counts them by extension, so that a run can say what it left alone.
     """
     outputs_seen: dict[str, str] = {}
     existing: set[str] | None = None
@@ -164,6 +187,8 @@ def plan(
             continue  # the destination inside the source: never take our outputs for scans
         fmt = extension_format(obj.key)
         if fmt is None:
+            if not_scans is not None:
+                not_scans[os.path.splitext(obj.key)[1].lower()] += 1
             continue
         try:
             check_key(obj.key)

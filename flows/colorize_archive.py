@@ -15,12 +15,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from colorize.c2pa_signing import load_signing_key
-from colorize.imaging import DEFAULT_MAX_PIXELS
+from colorize.imaging import DEFAULT_MAX_PIXELS, image_extensions
 from colorize.inflight import memory_budget
 from colorize.manifest import Ledger, finish_run, new_run_id, run_key, unfinished_runs, write_part
 from colorize.model_cache import get_colorizer
 from colorize.modelfile import model_identity, resolve_model_spec
-from colorize.plan import RunOptions, Shard, SkipBatch, check_destination, plan
+from colorize.plan import RunOptions, Shard, SkipBatch, check_destination, describe_not_scans, plan
 from colorize.process import ShardProcessor
 from colorize.report import DEFAULT_SAMPLE, report_link, write_report
 from colorize.storage import StorageError, open_storage
@@ -35,6 +35,7 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)
     report_url: str = ""  # the run report: file:// URI, or presigned link for S3
+    not_scans: dict[str, int] = field(default_factory=dict)  # files left alone, by extension ("" for none)
 
     @property
     def total(self) -> int:
@@ -131,6 +132,8 @@ def publish_summary(summary: RunSummary) -> None:
         "",
         f"Manifest: `{summary.dest.rstrip('/')}/{run_key(summary.run_id)}`",
     ]
+    if summary.not_scans:
+        lines += ["", f"Left alone, not scans by their extension: {describe_not_scans(summary.not_scans)}."]
     if summary.report_url:
         lines += ["", f"Report: [{summary.run_id}.html]({summary.report_url})"]
     if summary.failures:
@@ -140,12 +143,19 @@ def publish_summary(summary: RunSummary) -> None:
 
 
 @flow(name="colorize-shards")
-def colorize_shards(opts: RunOptions, on_dask: bool = False, in_flight: int = 8, progress: bool = False) -> None:
-    """Plan the run as a stream and colorize its shards, a bounded number in flight at a time."""
+def colorize_shards(
+    opts: RunOptions, on_dask: bool = False, in_flight: int = 8, progress: bool = False
+) -> dict[str, int]:
+    """Plan the run as a stream and colorize its shards, a bounded number in flight at a time.
+
+    Returns:
+        The files under the source left alone as not scans, counted by extension.
+    """
     src, dst = open_storage(opts.source, opts.endpoint_url), open_storage(opts.dest, opts.endpoint_url)
     bar = tqdm(unit="file", desc="colorize", disable=not progress)
     pending: list[PrefectFuture[dict[str, int]]] = []
-    for unit in plan(opts, src, dst, Ledger.load(dst)):
+    not_scans: Counter[str] = Counter()
+    for unit in plan(opts, src, dst, Ledger.load(dst), not_scans=not_scans):
         if isinstance(unit, Shard):
             with shard_resources(on_dask, opts.device):  # only shards need a GPU, not skip records
                 pending.append(colorize_shard.submit(opts, unit))
@@ -157,6 +167,13 @@ def colorize_shards(opts: RunOptions, on_dask: bool = False, in_flight: int = 8,
     for fut in pending:
         bar.update(sum(fut.result().values()))
     bar.close()
+    if images := image_extensions(not_scans):
+        get_run_logger().warning(
+            "images in formats runs do not read were left alone under %s (%s); convert them to TIFF, PNG or "
+            "JPEG to colorize them",
+            src.uri, ", ".join(f"{not_scans[e]} {e}" for e in sorted(images)),
+        )  # fmt: skip
+    return dict(not_scans)
 
 
 @flow(name="colorize-archive", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -201,8 +218,9 @@ def colorize_archive(
         if on_dask:
             share_api_url(current_api_url())
         runner = shard_runner(dask_address, dask_local, device)
-        colorize_shards.with_options(task_runner=runner)(opts, on_dask, max(1, shards_in_flight), progress)
+        not_scans = colorize_shards.with_options(task_runner=runner)(opts, on_dask, max(1, shards_in_flight), progress)
     summary = finish_manifest(opts)
+    summary.not_scans = not_scans
     summary.report_url = write_run_report(opts, report_sample, report_link_seconds)
     publish_summary(summary)
     get_run_logger().info("run %s finished: %s", summary.run_id, summary.counts)

@@ -91,4 +91,5 @@ def make_archive(root: Path) -> dict[str, str]:
     for key, (data, _) in files.items():
         write(root / key, data)
     write(root / "notes.txt", b"not a scan extension: not listed")
+    write(root / "nested/old.gif", encode(gray_image(30, 40), "GIF"))  # an image, but not a scan format
     return {key: status for key, (_, status) in files.items()}

@@ -90,6 +90,7 @@ def test_first_run_colorizes_every_gray_scan_at_full_resolution(run, tmp_path, t
     assert not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert not (dest / "back\\slash.jpg").exists()
     assert summary.counts == {"colorized": 8, "skipped_color": 1, "failed": 4}
+    assert summary.not_scans == {".txt": 1, ".gif": 1}  # no rows, but counted
 
 
 def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_model):
@@ -157,6 +158,8 @@ def test_summary_artifacts_and_one_model_load_per_process(run, tmp_path, tiny_mo
     src, dest = tmp_path / "scans", tmp_path / "colour"
     for i in range(7):
         write(src / f"s{i}.png", encode(gray_image(40, 50, seed=i), "PNG"))
+    write(src / "s7.gif", encode(gray_image(40, 50), "GIF"))
+    write(src / "README", b"scanned 1931")
     model_cache._colorizer.cache_clear()
     state = __import__("flows.colorize_archive", fromlist=["x"]).colorize_archive(
         source=str(src), dest=str(dest), model=str(tiny_model), shard_size=2, return_state=True
@@ -175,6 +178,9 @@ def test_summary_artifacts_and_one_model_load_per_process(run, tmp_path, tiny_mo
     assert runs and by_key["colorize-run-counts"].type == "table"
     assert '"files": 7' in str(by_key["colorize-run-counts"].data).replace("'", '"')
     assert summary.run_id in by_key["colorize-run-summary"].data
+    assert "not scans by their extension: 1 without extension, 1 .gif (an image format runs do not read)" in (
+        by_key["colorize-run-summary"].data
+    )
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -187,11 +193,13 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     src = tmp_path / "scans"
     write(src / "ok.png", encode(gray_image(40, 40), "PNG"))
     write(src / "broken.jpg", b"nope")
+    write(src / "checksums.md5", b"0" * 32)
     # A memory budget smaller than one scan: done one at a time, nothing refused.
     args = ["--model", str(tiny_model), "--batch-size", "2", "--memory-gb", "0.001"]
     done = _cli(["run", str(src), str(tmp_path / "out"), *args], cli_env)
     assert done.returncode == 0, done.stderr
     assert "colorized 1, failed 1" in done.stdout
+    assert "left alone, not scans by their extension: 1 .md5" in done.stdout
 
     missing = _cli(["run", str(tmp_path / "nothing-here"), str(tmp_path / "out2"), "--model", str(tiny_model)], cli_env)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
