@@ -2,6 +2,7 @@
 
     python bench/quality.py PHOTOS [--model PATH] [--val-fraction F] [--long-side PX] [--json PATH]
                             [--sheet PATH] [--split val|train] [--chroma-scales S,..] [--chroma-medians K,..]
+                            [--guide-radii R,..]
 
 PHOTOS is a folder of colour photos (the starter set: ``scripts/starter_data.py``). The held-out
 split is the one training used: a hash of each file name (``--val-fraction``, by default the
@@ -16,7 +17,8 @@ original, at its own resolution unless ``--long-side`` caps it:
 Printed: PSNR (RGB), SSIM, mean ab error, colourfulness (Hasler & Suesstrunk, |rg|/|yb| form) as a
 ratio to ground truth and as an absolute difference. ``--sheet`` writes a before/after contact
 sheet (gray | model | truth) of the held-out photos. ``--chroma-scales`` and ``--chroma-medians``
-also measure the model under other calibrations (applied on top of its card's), to choose them.
+also measure the model under other calibrations (applied on top of its card's), to choose them;
+``--guide-radii`` under other windows of the guided chroma upsampling (0: plain bicubic).
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def main() -> None:
     parser.add_argument(
         "--chroma-medians", help="also measure it with its chroma through a median of these sides, e.g. 5,7,9"
     )
+    parser.add_argument(
+        "--guide-radii",
+        help="also measure it with the chroma taken to full resolution by guided windows of these radii "
+        "(model pixels; 0: plain bicubic), e.g. 0,4,16",
+    )
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -93,6 +100,10 @@ def main() -> None:
         **{
             name: evaluate(images, lambda g, s=scale, k=k: despeckle_ab(colorizer.predict_ab(g) * s, k), grays=grays)
             for name, scale, k in calibrations(args.chroma_scales, args.chroma_medians)
+        },
+        **{
+            f"guide r{r}": evaluate(images, colorizer.predict_ab, grays=grays, guide_radius=r)
+            for r in (int(x) for x in (args.guide_radii.split(",") if args.guide_radii else []))
         },
         "gray": evaluate(images, gray_baseline, grays=grays),
         "mean_chroma": evaluate(images, mean_chroma_baseline(mean_ab([p.rgb for p in train])), grays=grays),

@@ -10,7 +10,6 @@ import logging
 import os
 from contextlib import nullcontext
 
-import cv2
 import numpy as np
 import torch
 
@@ -22,9 +21,9 @@ from colorize.color import (
     denormalize_ab,
     despeckle_ab,
     gray_to_lightness,
-    max_value,
     normalize_l,
     rgb_to_lab,
+    shrink_gray,
 )
 from colorize.modelfile import LoadedModel
 
@@ -76,9 +75,7 @@ def model_input(gray: np.ndarray, size: int = 256) -> np.ndarray:
         (size, size) float32 gray in [0, 1]. The aspect ratio is not kept: the model's chroma is
         stretched back to (H, W) afterwards, so every pixel of the scan gets colour.
     """
-    bit_depth = 16 if gray.dtype == np.uint16 else 8
-    small = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
-    return small.astype(np.float32) / max_value(bit_depth)
+    return shrink_gray(gray, size, size)
 
 
 class Colorizer:

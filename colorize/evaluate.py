@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from colorize.color import colourfulness, luma, merge_chroma, rgb_to_lab
+from colorize.color import GUIDE_RADIUS, colourfulness, luma, merge_chroma, rgb_to_lab
 from colorize.engine import model_input
 from colorize.imaging import shrink
 from colorize.training.pairs import LoadedPair
@@ -75,10 +75,12 @@ def eval_pairs(pairs: Sequence[LoadedPair]) -> tuple[list[np.ndarray], list[np.n
     return images, grays
 
 
-def colorize_like_production(gray: np.ndarray, predict_ab: PredictAB, size: int = 256) -> np.ndarray:
-    """(H, W) uint8 gray -> (H, W, 3) uint8 RGB, by the production path."""
-    ab = predict_ab(model_input(gray, size)[None])[0]
-    return merge_chroma(gray, ab)
+def colorize_like_production(
+    gray: np.ndarray, predict_ab: PredictAB, size: int = 256, guide_radius: int = GUIDE_RADIUS
+) -> np.ndarray:
+    """(H, W) uint8 gray -> (H, W, 3) uint8 RGB, by the production path (``guide_radius``: see merge_chroma)."""
+    small = model_input(gray, size)
+    return merge_chroma(gray, predict_ab(small[None])[0], small, guide_radius)
 
 
 def evaluate(
@@ -86,6 +88,7 @@ def evaluate(
     predict_ab: PredictAB,
     size: int = 256,
     grays: Sequence[np.ndarray] | None = None,
+    guide_radius: int = GUIDE_RADIUS,
 ) -> QualityReport:
     """Score ``predict_ab`` on ground-truth colour images.
 
@@ -94,6 +97,7 @@ def evaluate(
         predict_ab: the model (or baseline) under test.
         size: the model's input side.
         grays: the model's gray inputs, when they are not simply each image's luma (curated pairs).
+        guide_radius: how the chroma is taken to full resolution (:func:`colorize.color.merge_chroma`).
 
     Returns:
         Means over the images.
@@ -101,7 +105,7 @@ def evaluate(
     scores = []
     for i, gt in enumerate(images):
         gray = grays[i] if grays is not None else luma(gt)
-        out = colorize_like_production(gray, predict_ab, size)
+        out = colorize_like_production(gray, predict_ab, size, guide_radius)
         ab_err = np.hypot(*(rgb_to_lab(out / 255.0)[..., 1:] - rgb_to_lab(gt / 255.0)[..., 1:]).transpose(2, 0, 1))
         scores.append(
             (

@@ -13,10 +13,11 @@ import os
 import sys
 
 # A scan's peak while it is merged and encoded, as a multiple of its full-resolution gray: the gray
-# itself, the chroma upsampled to full size (float32 a, b: 8 bytes a pixel), the RGB output, the
-# encoded bytes, and what the allocator keeps. Measured through the pipeline on 48 MP 8-bit JPEG
-# masters done one at a time: 15.5x (bench/RESULTS.md, bench/masters_memory.py).
-WRITE_PEAK_FACTOR = 15
+# itself, the chroma's guided fit upsampled to full size (float32 slopes and offsets of a and b: 16
+# bytes a pixel), the RGB output, the encoded bytes, and what the allocator keeps. Measured through
+# the pipeline on 48 MP 8-bit JPEG masters done one at a time: 22.9x (bench/RESULTS.md,
+# bench/masters_memory.py; 15.5x when the chroma was upsampled alone).
+WRITE_PEAK_FACTOR = 23
 # The default budget's share of the machine's physical memory (divided among a host's processes).
 DEFAULT_MEMORY_SHARE = 0.25
 # glibc serves allocations under 32 MB (its largest automatic mmap threshold) from per-thread arenas

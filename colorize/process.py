@@ -188,7 +188,7 @@ class ShardProcessor:
 
     def _finish(self, p: _Prepared, ab: np.ndarray) -> ManifestRow:
         assert isinstance(p.scan, Scan)
-        rgb = merge_chroma(p.scan.gray, ab)
+        rgb = merge_chroma(p.scan.gray, ab, p.small)
         return self._deliver(p, encode_image(rgb, p.item.output_format, p.scan.dpi))
 
     def _deliver(self, p: _Prepared, encoded: bytes) -> ManifestRow:

@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from colorize.color import lightness_lut
+from colorize.color import GUIDE_EPS, GUIDE_RADIUS, lightness_lut
 
 _WHITE_X, _WHITE_Z = 0.950456, 1.088754  # OpenCV's D65 white point (Y = 1)
 _XYZ_TO_RGB = (
@@ -130,19 +130,50 @@ def despeckle_ab(ab: torch.Tensor, k: int, chunk: int | None = None) -> torch.Te
     return torch.cat([median_blur(part, k) for part in codes.split(chunk)]) - 128.0
 
 
-def merge_chroma(gray: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+def chroma_guide(
+    lightness: torch.Tensor, ab: torch.Tensor, radius: int = GUIDE_RADIUS, eps: float = GUIDE_EPS
+) -> torch.Tensor:
+    """:func:`colorize.color.chroma_guide` on tensors: (B, 1, h, w) L and (B, 2, h, w) ab -> (B, 4, h, w).
+
+    The channels are the slopes of a and b on L, then their offsets; windows reflect at the edges
+    as OpenCV's ``BORDER_REFLECT_101`` does.
+    """
+
+    def box(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (radius,) * 4, mode="reflect"), 2 * radius + 1, stride=1)
+
+    mean_l, mean_ab = box(lightness), box(ab)
+    var_l = box(lightness * lightness) - mean_l * mean_l
+    slope = (box(ab * lightness) - mean_l * mean_ab) / (var_l + eps)
+    return box(torch.cat([slope, mean_ab - slope * mean_l], dim=1))
+
+
+def merge_chroma(gray: torch.Tensor, ab: torch.Tensor, guide_radius: int = GUIDE_RADIUS) -> torch.Tensor:
     """The model's chroma on the scans' own luminance, at the scans' own resolution.
 
     The tensor form of :func:`colorize.color.merge_chroma`, for a batch of same-sized 8-bit scans.
 
     Args:
         gray: (B, H, W) uint8 sRGB gray levels.
-        ab: (B, 2, h, w) float32 chroma (usually 256x256), upsampled here (bicubic).
+        ab: (B, 2, h, w) float32 chroma (usually 256x256), upsampled here along the scans' edges.
+        guide_radius: :func:`chroma_guide`'s window radius, in ``ab``'s pixels; 0 for bicubic.
 
     Returns:
         (B, 3, H, W) uint8 sRGB.
     """
     height, width = gray.shape[-2:]
-    ab_full = F.interpolate(ab, size=(height, width), mode="bicubic", align_corners=False)
-    lab = torch.cat([gray_u8_to_lightness(gray)[:, None], ab_full], dim=1)
+    lightness = gray_u8_to_lightness(gray)[:, None]
+    guide_radius = min(guide_radius, (min(ab.shape[-2:]) - 1) // 2)
+    if guide_radius > 0:
+        small = resize_area(gray[:, None].float() / 255.0, *ab.shape[-2:])
+        guide = F.interpolate(
+            chroma_guide(gray_to_lightness(small), ab, guide_radius),
+            size=(height, width),
+            mode="bilinear",
+            align_corners=False,
+        )
+        ab_full = guide[:, :2] * lightness + guide[:, 2:]
+    else:
+        ab_full = F.interpolate(ab, size=(height, width), mode="bicubic", align_corners=False)
+    lab = torch.cat([lightness, ab_full], dim=1)
     return (lab_to_srgb(lab) * 255.0).round_().to(torch.uint8)

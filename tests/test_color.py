@@ -76,6 +76,34 @@ def test_chroma_is_upsampled_smoothly_not_nearest():
     assert len(levels) > 4  # nearest neighbour would give exactly 2 levels
 
 
+def test_merged_colour_edges_follow_the_scans_edges():
+    """A dark post against a bright sky: the model's chroma is blurred over a few of its pixels, as at 256 it
+    must be; at full resolution the colour must stop where the scan's edge is, not bleed into the sky."""
+    height, width, edge = 1024, 1024, 509  # the edge falls inside a model pixel (4 full-res px each)
+    gray = np.full((height, width), 220, np.uint8)
+    gray[:, :edge] = 60
+    ab = np.zeros((256, 256, 2), np.float32)
+    ab[:, : edge // 4, 1], ab[:, edge // 4 :, 1] = 30.0, -30.0  # post yellowish (b* > 0), sky blue (b* < 0)
+    ab = cv2.GaussianBlur(ab, (0, 0), 2.0)
+    near = slice(edge - 24, edge + 24)  # six model pixels either side
+
+    def error(out: np.ndarray) -> float:
+        """Mean distance of b* near the edge from the b* each side has far from it (the sky's is clipped)."""
+        b = cv2.cvtColor(out.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)[512, :, 2]
+        plateau = np.where(np.arange(width) < edge, b[100], b[900])
+        return float(np.abs(b - plateau)[near].mean())
+
+    def b_at(out: np.ndarray, x: int) -> float:
+        return float(cv2.cvtColor(out[512:513, x : x + 1].astype(np.float32) / 255, cv2.COLOR_RGB2Lab)[0, 0, 2])
+
+    guided, bicubic = merge_chroma(gray, ab), merge_chroma(gray, ab, guide_radius=0)
+    assert b_at(guided, edge - 1) > 15 and b_at(guided, edge) < -15  # the colour turns at the edge itself
+    assert b_at(bicubic, edge - 1) < 10 and b_at(bicubic, edge) > -10  # without the guide it is smeared over it
+    assert error(guided) < 0.6 * error(bicubic)
+    inner = slice(100, 400)
+    assert np.allclose(guided[:, inner], bicubic[:, inner], atol=1)  # away from edges: the same colour
+
+
 def test_colourfulness_is_zero_for_gray_and_grows_with_colour():
     gray = np.repeat(gray_image(50, 60)[..., None], 3, axis=2)
     assert colourfulness(gray) == pytest.approx(0.0)
