@@ -292,6 +292,7 @@ $counts
 $done_note
 $failed
 $skipped_color
+$partial
 $pairs
 </body>
 </html>
@@ -335,6 +336,12 @@ def render_report(
         done_note=done_note,
         failed=_reasons_html("failed", "Failed", by_status["failed"], root),
         skipped_color=_reasons_html("skipped-color", "Skipped: already colour", by_status["skipped_color"], root),
+        partial=_reasons_html(
+            "colorized-in-part",
+            "Colorized in part",
+            by_status["colorized"][by_status["colorized"]["reason"] != ""],
+            root,
+        ),
         pairs=_pairs_html(shown, thumbs, len(by_status["colorized"]), root),
     )
 

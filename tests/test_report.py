@@ -122,6 +122,21 @@ def test_sample_caps_the_grid_but_every_failure_is_listed(tmp_path):
     assert figures == sorted(figures) and len(figures) == 7 and all("/ok/" in f for f in figures)
 
 
+def test_a_scan_colorized_in_part_is_listed_with_its_note(tmp_path):
+    src, dest = tmp_path / "scans", tmp_path / "out"
+    for key in ("whole.png", "pages.tif"):
+        _gray_pair(src, dest, key)
+    note = "page 1 of 3 colorized; the other pages are not in the output"
+    rows = [
+        _row(src, "whole.png", "colorized", dest, width=80, height=60),
+        _row(src, "pages.tif", "colorized", dest, reason=note, width=80, height=60, pages=3),
+    ]
+    page = build_report(_write_run(dest, rows), RUN_ID, sample=0)  # listed even when no pair is shown
+    assert "Colorized in part (1)" in page and note in page
+    listed = page.split('id="colorized-in-part"', 1)[1].split("</section>", 1)[0]
+    assert "pages.tif" in listed and "whole.png" not in listed
+
+
 def test_sample_is_fixed_by_the_uri_not_by_row_order():
     frame = pd.DataFrame({"source_uri": [f"s3://b/scans/{i:05d}.tif" for i in range(1000)]})
     chosen = sample_rows(frame, 120)

@@ -80,6 +80,8 @@ def test_first_run_colorizes_every_gray_scan_at_full_resolution(run, tmp_path, t
     assert cv2.imdecode(np.fromfile(dest / "nested/c16.tif", np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint16
     assert out16.shape[:2] == (80, 100)
     assert by_key["pages.tif"].pages == "2"
+    assert by_key["pages.tif"].reason == "page 1 of 2 colorized; the other pages are not in the output"
+    assert by_key["a.jpg"].reason == ""  # a whole scan colorized needs no note
     assert by_key["rotated.jpg"].width == "120" and by_key["rotated.jpg"].height == "160"
     assert tuple(round(v) for v in Image.open(dest / "a.jpg").info["dpi"]) == (300, 300)
     assert by_key["bad/empty.jpg"].reason == "empty file (0 bytes)"
