@@ -7,6 +7,8 @@ these threads overlap with the forward pass instead of waiting for it.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import hashlib
 import logging
 import os
@@ -17,6 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -42,6 +45,7 @@ from colorize.provenance import (
 from colorize.storage import ObjectInfo, Storage, StorageError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -75,6 +79,16 @@ def io_workers() -> int:
 def read_ahead(batch_size: int, workers: int) -> int:
     """How many scans a shard holds in flight on each side of the model (bounds its memory)."""
     return max(2 * batch_size, min(4 * batch_size, READ_AHEAD_CAP), workers)
+
+
+def in_this_context(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """``fn``, to run on a pool thread in a copy of the calling thread's context variables.
+
+    Threads do not inherit them, and an orchestrator keeps there which run a log record belongs to:
+    with the copy, a reader's or a writer's warnings are filed under the run as the shard's are.
+    """
+    context = contextvars.copy_context()
+    return functools.partial(context.run, fn)
 
 
 def yield_to_the_model() -> None:
@@ -332,7 +346,9 @@ class ShardProcessor:
                     if make_room():
                         continue
                 index, item = nxt
-                queue.append((index, pool.submit(self._guard, item, lambda it=item: self._prepare(it))))
+                queue.append(
+                    (index, pool.submit(in_this_context(self._guard), item, lambda it=item: self._prepare(it)))
+                )
                 nxt = next(upcoming, None)
             index, fut = queue.popleft()
             yield index, fut.result()
@@ -354,7 +370,9 @@ class ShardProcessor:
             self._fail_batch(batch, writes, f"model failed on this batch: {type(err).__name__}: {err}")
             return
         for (index, p), chroma in zip(batch, ab, strict=True):
-            writes.append((index, writers.submit(self._guard, p.item, lambda p=p, c=chroma: self._finish(p, c))))
+            writes.append(
+                (index, writers.submit(in_this_context(self._guard), p.item, lambda p=p, c=chroma: self._finish(p, c)))
+            )
 
     def _predict_on_gpu(
         self,
@@ -395,7 +413,7 @@ class ShardProcessor:
         writes.extend((index, fut) for (index, _, _), fut in zip(ready, outputs, strict=True))
         prepared = [p for _, p, _ in ready]
         assert self._gpu_encoder is not None
-        self._gpu_encoder.submit(self._merge_encode_deliver, prepared, grays, ab, outputs, writers)
+        self._gpu_encoder.submit(in_this_context(self._merge_encode_deliver), prepared, grays, ab, outputs, writers)
 
     def _merge_encode_deliver(
         self,
@@ -419,7 +437,7 @@ class ShardProcessor:
                 fut.set_result(self._row(p.item, "failed", f"GPU failed on this batch: {type(err).__name__}: {err}"))
             return
         for p, data, fut in zip(prepared, encoded, outputs, strict=True):
-            written = writers.submit(self._guard, p.item, lambda p=p, d=data: self._deliver(p, d))
+            written = writers.submit(in_this_context(self._guard), p.item, lambda p=p, d=data: self._deliver(p, d))
             written.add_done_callback(lambda w, fut=fut: _pass_on(w, fut))
 
     def _fail_batch(

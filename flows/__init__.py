@@ -11,3 +11,6 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # The ephemeral server's telemetry writes to its SQLite database while the first flow run starts,
 # and then logs "database is locked"; a batch tool has no use for it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The library's own warnings (a scan's unreadable metadata, the memory budget reached, a file's
+# traceback) go to the flow run's log in Prefect, beside the shard's.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "colorize")

@@ -185,6 +185,29 @@ def test_summary_artifacts_and_one_model_load_per_process(run, tmp_path, tiny_mo
     )
 
 
+def test_the_librarys_warnings_reach_the_runs_log_in_prefect(run, tmp_path, tiny_model):
+    """A reader thread's warning is filed under the run in Prefect, as the shard's own lines are."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterName
+
+    src = tmp_path / "scans"
+    write(src / "broken-xmp.jpg", encode(gray_image(40, 50), "JPEG", xmp=b"<x:xmpmeta><not-closed"))
+    summary = run(src, tmp_path / "colour", tiny_model)
+    assert summary.counts == {"colorized": 1}
+    deadline = time.time() + 30
+    while True:  # logs reach the server in the background
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(name=LogFilterName(any_=["colorize.provenance"])))
+        ours = [log for log in logs if "XMP is not well-formed" in log.message]
+        if ours or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert ours, [log.message for log in logs]
+    assert ours[0].flow_run_id and ours[0].task_run_id  # under the shard's task, in its flow run
+
+
 def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "colorize.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
