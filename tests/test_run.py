@@ -190,7 +190,8 @@ def test_the_librarys_warnings_reach_the_runs_log_in_prefect(run, tmp_path, tiny
     import time
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterName
+    from prefect.client.schemas.filters import LogFilter, LogFilterTextSearch
+    from prefect.client.schemas.sorting import LogSort
 
     src = tmp_path / "scans"
     write(src / "broken-xmp.jpg", encode(gray_image(40, 50), "JPEG", xmp=b"<x:xmpmeta><not-closed"))
@@ -199,8 +200,11 @@ def test_the_librarys_warnings_reach_the_runs_log_in_prefect(run, tmp_path, tiny
     deadline = time.time() + 30
     while True:  # logs reach the server in the background
         with get_client(sync_client=True) as client:
-            logs = client.read_logs(log_filter=LogFilter(name=LogFilterName(any_=["colorize.provenance"])))
-        ours = [log for log in logs if "XMP is not well-formed" in log.message]
+            logs = client.read_logs(
+                log_filter=LogFilter(text=LogFilterTextSearch(query="XMP is not well-formed")),
+                sort=LogSort.TIMESTAMP_DESC,
+            )
+        ours = [log for log in logs if log.name == "colorize.provenance" and "XMP is not well-formed" in log.message]
         if ours or time.time() > deadline:
             break
         time.sleep(0.5)
