@@ -14,3 +14,5 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The library's own warnings (a scan's unreadable metadata, the memory budget reached, a file's
 # traceback) go to the flow run's log in Prefect, beside the shard's.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "colorize")
+# Outside a flow run (the library called directly) those records go to the console alone, quietly.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
