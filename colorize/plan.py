@@ -112,7 +112,7 @@ def extension_format(key: str) -> str | None:
 
 
 def describe_not_scans(counts: Mapping[str, int]) -> str:
-    """What a run left alone, for people: "3 .gif (images in a format runs do not read), 2 .txt".
+    """What a run left alone, for people: "3 .gif (an image format runs do not read), 2 .txt".
 
     Args:
         counts: file extension (lower case, with its dot; "" for none) -> files listed with it.
