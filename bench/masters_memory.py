@@ -1,8 +1,9 @@
 """Memory and speed of colorizing huge masters under a memory budget, against no budget.
 
-    python bench/masters_memory.py [--n 24] [--side 8000] [--budgets-gb 4,2,1] [--json PATH]
+    python bench/masters_memory.py [--n 24] [--side 8000] [--budgets-gb 4,2,1] [--format jpeg|jp2] [--json PATH]
 
-Makes N gray 8-bit JPEG masters of SIDE x 3/4 SIDE (48 MP at the default), then runs the shard
+Makes N gray 8-bit masters of SIDE x 3/4 SIDE (48 MP at the default), JPEG at quality 90 or
+lossless JPEG 2000 (written back in their own format), then runs the shard
 pipeline over them (batch 8, random-weight width-24 model on the CPU), once per budget, each in a
 fresh process: first with no effective budget (the window of scans alone bounds memory), then with
 each budget. Printed per run: the peak resident memory's growth over the process's memory before
@@ -31,18 +32,22 @@ from colorize.engine import Colorizer  # noqa: E402
 UNBOUNDED = 1 << 40  # 1 TiB: the budget never binds
 
 
-def build_masters(root: Path, n: int, side: int) -> None:
+FORMATS = {"jpeg": (".jpg", {"format": "JPEG", "quality": 90}), "jp2": (".jp2", {"format": "JPEG2000"})}
+
+
+def build_masters(root: Path, n: int, side: int, fmt: str = "jpeg") -> None:
     """N masters under root/scans, copies of four distinct images (the pipeline hashes, not dedups)."""
+    ext, options = FORMATS[fmt]
     pool = root / "pool"
     pool.mkdir(parents=True)
     sources = []
     for i in range(4):
-        path = pool / f"m{i}.jpg"
-        Image.fromarray(gray_scan((side, side * 3 // 4), i, 8)).save(path, "JPEG", quality=90)
+        path = pool / f"m{i}{ext}"
+        Image.fromarray(gray_scan((side, side * 3 // 4), i, 8)).save(path, **options)
         sources.append(path)
     (root / "scans").mkdir()
     for i in range(n):
-        shutil.copyfile(sources[i % len(sources)], root / "scans" / f"master-{i:03d}.jpg")
+        shutil.copyfile(sources[i % len(sources)], root / "scans" / f"master-{i:03d}{ext}")
 
 
 def one_run(work: Path, budget: int) -> dict[str, float]:
@@ -65,6 +70,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24)
     ap.add_argument("--side", type=int, default=8000, help="long side of each master (4:3)")
     ap.add_argument("--budgets-gb", default="4,2,1")
+    ap.add_argument("--format", choices=sorted(FORMATS), default="jpeg", help="the masters' format")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--budget", type=int, help=argparse.SUPPRESS)  # internal: one run, in a child
@@ -74,9 +80,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="masters-") as tmp:
         work = Path(tmp)
-        build_masters(work, args.n, args.side)
+        build_masters(work, args.n, args.side, args.format)
         mp = args.side * (args.side * 3 // 4) / 1e6
-        print(f"{args.n} gray JPEG masters of {mp:.0f} MP ({mp:.0f} MB of gray each), batch 8, CPU")
+        kind = FORMATS[args.format][1]["format"]
+        print(f"{args.n} gray {kind} masters of {mp:.0f} MP ({mp:.0f} MB of gray each), batch 8, CPU")
         budgets = [UNBOUNDED] + [int(float(b) * 2**30) for b in args.budgets_gb.split(",")]
         results = []
         for budget in budgets:
@@ -94,7 +101,8 @@ def main() -> None:
             f"{r['scans_per_s']:>8.2f} {r['scans_per_s'] / base['scans_per_s']:>12.2f}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"n": args.n, "megapixels": mp, "runs": results}, indent=1))
+        summary = {"n": args.n, "megapixels": mp, "format": args.format, "runs": results}
+        args.json.write_text(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

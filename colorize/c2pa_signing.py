@@ -12,11 +12,14 @@ import io
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from colorize.provenance import DIGITAL_SOURCE_TYPE, UNMARKED_FORMATS, ProvenanceError, ProvenanceInfo
+from colorize.imaging import FORMATS, content_type
+from colorize.provenance import DIGITAL_SOURCE_TYPE, UNSIGNED_FORMATS, ProvenanceError, ProvenanceInfo
 from colorize.storage import read_uri
 
 C2PA_ASSERTION = "example.archive-colorize.provenance"  # entity-specific label: reverse domain of NS_COLORIZE
-C2PA_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "WEBP": "image/webp", "BMP": "image/bmp"}
+# The formats c2pa-python reads (as ingredients, or to verify); it writes manifests into those not
+# in UNSIGNED_FORMATS.
+C2PA_MIME = {fmt: content_type(fmt) for fmt in FORMATS if fmt != "JPEG2000"}
 
 
 def c2pa_module() -> Any:
@@ -182,7 +185,7 @@ def _ingredient(info: ProvenanceInfo, source_format: str) -> dict[str, Any]:
     return {
         "title": info.source_uri.rstrip("/").rpartition("/")[2] or info.source_uri,
         "relationship": "parentOf",
-        "format": C2PA_MIME.get(source_format, "application/octet-stream"),
+        "format": content_type(source_format),
         "metadata": {C2PA_ASSERTION: {"uri": info.source_uri, "sha256": info.source_sha256}},
     }
 
@@ -196,16 +199,20 @@ def sign_c2pa(
     of its own (a signing scanner) keeps its chain.
 
     Raises:
-        ProvenanceError: the format has no C2PA container (BMP), or c2pa-python is missing.
+        ProvenanceError: the format has no C2PA binding (BMP, JPEG 2000), or c2pa-python is missing.
         c2pa.C2paError: the SDK could not sign.
     """
     c2pa = c2pa_module()
-    if fmt in UNMARKED_FORMATS:
+    if fmt in UNSIGNED_FORMATS:
         raise ProvenanceError(f"{fmt} cannot carry a C2PA manifest")
     signed = io.BytesIO()
+    definition, ingredient = c2pa_manifest_definition(info, title), _ingredient(info, source_format)
+    if source_format not in C2PA_MIME:  # a JPEG 2000 scan: named by its URI and sha256 alone
+        definition["ingredients"] = [ingredient]
     with c2pa.Context.from_dict(C2PA_SETTINGS) as context:
-        builder = c2pa.Builder(c2pa_manifest_definition(info, title), context=context)
-        builder.add_ingredient(_ingredient(info, source_format), C2PA_MIME[source_format], io.BytesIO(source))
+        builder = c2pa.Builder(definition, context=context)
+        if source_format in C2PA_MIME:
+            builder.add_ingredient(ingredient, C2PA_MIME[source_format], io.BytesIO(source))
         signer_info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg[key.alg], key.cert_chain, key.private_key, None)
         with c2pa.Signer.from_info(signer_info) as signer:
             builder.sign(signer, C2PA_MIME[fmt], io.BytesIO(output), signed)

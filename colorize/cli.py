@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from colorize.imaging import DEFAULT_MAX_PIXELS
+from colorize.imaging import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Colorize scanned black-and-white photographs.")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and promote registered models.")
@@ -33,11 +33,7 @@ class Backend(StrEnum):
     onnx = "onnx"
 
 
-class OutputFormat(StrEnum):
-    same = "same"
-    jpeg = "jpeg"
-    png = "png"
-    tiff = "tiff"
+OutputFormat = StrEnum("OutputFormat", {name: name for name in OUTPUT_FORMATS})  # type: ignore[misc]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -132,6 +128,9 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
     decay_epoch: Annotated[int, typer.Option(help="Linear decay to 0 starts after this epoch.")] = 100,
     lambda_l1: Annotated[float, typer.Option(help="Weight of the L1 loss.")] = 100.0,
+    lambda_smooth: Annotated[
+        float, typer.Option(help="Weight of a loss on chroma that changes where the gray does not (0 = off).")
+    ] = 0.0,
     l1_warmup_epochs: Annotated[int, typer.Option(help="Epochs of L1 alone before the GAN loss.")] = 0,
     ema_decay: Annotated[float, typer.Option(help="EMA of generator weights (0 = off).")] = 0.0,
     color_mode: Annotated[str, typer.Option(help="lab (default) or rgb (the notebook's).")] = "lab",
@@ -155,6 +154,7 @@ def train(
             color_mode=color_mode, width=width, depth=depth, image_size=image_size, load_size=load_size,
             min_crop_scale=min_crop_scale, epochs=epochs,
             batch_size=batch_size, lr=lr, decay_epoch=decay_epoch, lambda_l1=lambda_l1,
+            lambda_smooth=lambda_smooth,
             l1_warmup_epochs=l1_warmup_epochs, ema_decay=ema_decay, val_fraction=val_fraction,
             eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, device=device.value,
         )  # fmt: skip

@@ -32,17 +32,20 @@ FORMATS: dict[str, tuple[str, str]] = {
     "TIFF": (".tif", "image/tiff"),
     "WEBP": (".webp", "image/webp"),
     "BMP": (".bmp", "image/bmp"),
+    "JPEG2000": (".jp2", "image/jp2"),
 }
-SCAN_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp"})
-OUTPUT_FORMATS = ("same", "jpeg", "png", "tiff")
-_FORCED = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF"}
+# JPEG 2000 as archives keep it: the .jp2 file format. Bare codestreams (.j2k, .j2c) have no place
+# for metadata, so an output could not say it is machine-coloured; they are left alone, with a warning.
+SCAN_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp", ".bmp", ".jp2"})
+OUTPUT_FORMATS = ("same", "jpeg", "png", "tiff", "jp2")
+_FORCED = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF", "jp2": "JPEG2000"}
 JPEG_QUALITY = 95
 
 
 def image_extensions(extensions: Iterable[str]) -> set[str]:
     """Those of ``extensions`` (lower case, with the dot) that Pillow knows as images but are not scans.
 
-    Runs read only :data:`SCAN_EXTENSIONS`; these (``.gif``, ``.jp2``, ``.psd``, ...) are images
+    Runs read only :data:`SCAN_EXTENSIONS`; these (``.gif``, ``.j2k``, ``.psd``, ...) are images
     they leave alone, which a person should hear about.
     """
     known = Image.registered_extensions()
@@ -63,7 +66,7 @@ class Scan:
             channels (for the colour detector); None for single-channel sources.
         mode: the source's Pillow mode (``L``, ``RGB``, ``I;16``, ``CMYK``, ...).
         bit_depth: 8 or 16, the depth of ``gray``.
-        format: Pillow format name (``JPEG``, ``PNG``, ``TIFF``, ``WEBP``, ``BMP``).
+        format: Pillow format name (``JPEG``, ``PNG``, ``TIFF``, ``WEBP``, ``BMP``, ``JPEG2000``).
         pages: number of frames in the file (multi-page TIFF); only the first is used.
         dpi: (x, y) resolution when the file records one.
     """
@@ -265,7 +268,8 @@ def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = No
 
     Args:
         rgb: (H, W, 3) uint8, or uint16 (then TIFF and PNG keep 16 bits; JPEG/WebP/BMP, which
-            cannot hold them, get the top 8 bits).
+            cannot hold them, get the top 8 bits, and so does JPEG 2000: neither Pillow nor
+            OpenCV writes 16-bit colour JPEG 2000 losslessly).
         fmt: Pillow format name, one of :data:`FORMATS`.
         dpi: resolution to record, when the format can hold it.
 
@@ -290,6 +294,10 @@ def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = No
         options.update(compression="tiff_adobe_deflate")
     elif fmt == "WEBP":
         options.update(quality=JPEG_QUALITY, method=4)
+    elif fmt == "JPEG2000":
+        # Lossless (the reversible wavelet), as archives keep JPEG 2000 masters; a .jp2 container,
+        # which holds the provenance XMP. Pillow writes no resolution box.
+        options.update(irreversible=False, no_jp2=False)
     img.save(buf, format=fmt, **options)
     return buf.getvalue()
 

@@ -22,11 +22,11 @@ from colorize.imaging import (
     output_key,
 )
 from colorize.manifest import DONE_STATUSES, Ledger, LedgerEntry, ManifestRow, format_mtime
-from colorize.storage import ObjectInfo, Storage, UnsafeKeyError, check_key
+from colorize.storage import ObjectInfo, Storage, UnsafeKeyError, check_key, is_hidden
 
 _EXTENSION_FORMAT = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
-    ".webp": "WEBP", ".bmp": "BMP",
+    ".webp": "WEBP", ".bmp": "BMP", ".jp2": "JPEG2000",
 }  # fmt: skip
 assert set(_EXTENSION_FORMAT) == SCAN_EXTENSIONS and set(_EXTENSION_FORMAT.values()) == set(FORMATS)
 
@@ -185,6 +185,8 @@ def plan(
     for obj in source.list():
         if nested and obj.key.startswith(nested):
             continue  # the destination inside the source: never take our outputs for scans
+        if is_hidden(obj.key):
+            continue  # S3 lists them; a local listing never shows them
         fmt = extension_format(obj.key)
         if fmt is None:
             if not_scans is not None:

@@ -35,7 +35,7 @@ from colorize.jpeg_lane import Decoded, JpegHeader, JpegLane, read_header
 from colorize.manifest import ManifestRow, format_mtime
 from colorize.plan import RunOptions, WorkItem, done_row
 from colorize.provenance import (
-    NONE,
+    XMP_C2PA,
     ProvenanceInfo,
     SourceMetadata,
     embed,
@@ -156,7 +156,7 @@ class ShardProcessor:
             return done_row(self.opts, self.source, obj, item.previous, "content unchanged (same sha256)")
         header = read_header(data, self.opts.max_pixels) if self.lane and item.output_format == "JPEG" else None
         if header is not None:
-            meta = source_metadata(data)
+            meta = source_metadata(data, self.source.uri_for(item.key))
             if (row := self._already_ours(item, header, sha, meta, started)) is not None:
                 return row
             return _Prepared(item, header, None, sha, started, meta, data if self.signing_key else None, jpeg=data)
@@ -170,7 +170,7 @@ class ShardProcessor:
             return self._row(item, "failed", str(err), source_sha256=sha, seconds=time.perf_counter() - started)
         if (row := self._colour_row(item, scan, scan.preview, sha, started)) is not None:
             return row
-        meta = source_metadata(data)
+        meta = source_metadata(data, self.source.uri_for(item.key))
         if (row := self._already_ours(item, scan, sha, meta, started)) is not None:
             return row
         small = model_input(scan.gray, self.colorizer.image_size)
@@ -226,7 +226,7 @@ class ShardProcessor:
             self.source.uri_for(p.item.key), p.sha256, self.colorizer.model_id, self.model_sha256, self.opts.run_id
         )
         data = embed(data, fmt, p.source_meta, info)
-        if self.signing_key is None or p.source_bytes is None or provenance_kind(fmt, True) == NONE:
+        if self.signing_key is None or p.source_bytes is None or provenance_kind(fmt, True) != XMP_C2PA:
             return data, provenance_kind(fmt, False)
         title = p.item.output_key.rpartition("/")[2]
         data = sign_c2pa(

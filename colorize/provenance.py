@@ -14,11 +14,13 @@ therefore carries, in its own bytes:
   digital source type and the scan as its parent ingredient (:func:`colorize.c2pa_signing.sign_c2pa`).
 
 exiv2 (through ``pyexiv2``, which bundles it) reads and writes the metadata of JPEG, PNG, TIFF (8 and
-16 bit) and WebP in memory. A JPEG with no metadata to carry gets the same EXIF tags and XMP
-statements as two segments written as bytes (:mod:`colorize.jpeg_segments`): exiv2's rewrite of the
-whole file held the GIL and bounded GPU runs. BMP has no place for XMP: BMP outputs carry nothing,
-and the manifest records their provenance as ``none``. The XMP packet itself is built with
-ElementTree (RDF/XML); untrusted packets from scans are parsed with ``defusedxml``.
+16 bit), WebP and JPEG 2000 (.jp2) in memory. C2PA has no binding for JPEG 2000: signed runs write
+its outputs with the XMP alone, and the manifest says ``xmp``. A JPEG with no metadata to carry gets
+the same EXIF tags and XMP statements as two segments written as bytes
+(:mod:`colorize.jpeg_segments`): exiv2's rewrite of the whole file held the GIL and bounded GPU
+runs. BMP has no place for XMP: BMP outputs carry nothing, and the manifest records their
+provenance as ``none``. The XMP packet itself is built with ElementTree (RDF/XML); untrusted
+packets from scans are parsed with ``defusedxml``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ NS_COLORIZE = "https://archive-colorize.example/ns/provenance/1.0/"
 # What the manifest's ``provenance`` column says an output carries.
 XMP, XMP_C2PA, NONE = "xmp", "xmp+c2pa", "none"
 UNMARKED_FORMATS = frozenset({"BMP"})  # no XMP, EXIF or C2PA container in the format
+# XMP, EXIF and IPTC, but no C2PA binding: the C2PA specification defines none for JPEG 2000.
+UNSIGNED_FORMATS = UNMARKED_FORMATS | {"JPEG2000"}
 _NO_IPTC_FORMATS = frozenset({"WEBP"})  # exiv2 (and the format's RIFF chunks) hold no IPTC-IIM
 
 NS = {
@@ -216,10 +220,11 @@ def _keep_exif(key: str) -> bool:
     return group == "GPSInfo"
 
 
-def source_metadata(data: bytes) -> SourceMetadata:
+def source_metadata(data: bytes, name: str = "") -> SourceMetadata:
     """The descriptive metadata of a scan's bytes; empty when it has none or exiv2 cannot read it.
 
-    A scan whose metadata cannot be read still gets colorized, with our provenance alone (logged).
+    A scan whose metadata cannot be read still gets colorized, with our provenance alone (logged,
+    naming the scan by ``name``, its URI).
     """
     if not carries_metadata(data):
         return SourceMetadata()  # a JPEG with none: no need for exiv2 to parse the whole file
@@ -229,7 +234,7 @@ def source_metadata(data: bytes) -> SourceMetadata:
             exif = exiv2_decoded(img.read_exif) if img.get_access_mode().get("exif") else {}
             iptc = exiv2_decoded(img.read_iptc) if img.get_access_mode().get("iptc") else {}
     except (RuntimeError, ValueError) as err:
-        log.warning("scan metadata unreadable, not carried over: %s", err)
+        log.warning("%s: the scan's metadata is unreadable and not carried over: %s", name or "a scan", err)
         return SourceMetadata()
     return SourceMetadata(
         xmp=xmp,
@@ -241,15 +246,18 @@ def source_metadata(data: bytes) -> SourceMetadata:
 # --- the XMP packet -------------------------------------------------------------------------------
 
 
-def parse_packet(packet: str) -> ET.Element | None:
-    """The x:xmpmeta element of a packet (made when the packet starts at rdf:RDF), or None."""
+def parse_packet(packet: str, name: str = "") -> ET.Element | None:
+    """The x:xmpmeta element of a packet (made when the packet starts at rdf:RDF), or None.
+
+    ``name`` (the file's URI) names the file in the warning about a packet that is not XML.
+    """
     text = packet.strip().lstrip("\ufeff")
     if not text:
         return None
     try:
         root = SafeET.fromstring(text.encode("utf-8"))
     except (ET.ParseError, DefusedXmlException, ValueError) as err:
-        log.warning("scan's XMP is not well-formed, not carried over: %s", err)
+        log.warning("%s: the XMP is not well-formed and not carried over: %s", name or "a scan", err)
         return None
     if root.tag == qname("x", "xmpmeta") and root.find(qname("rdf", "RDF")) is not None:
         return root
@@ -366,7 +374,7 @@ def provenance_xmp(info: ProvenanceInfo, source_xmp: str = "") -> bytes:
     Returns:
         A UTF-8 XMP packet (``<?xpacket begin ...?>`` ... ``<?xpacket end="w"?>``).
     """
-    meta = parse_packet(source_xmp)
+    meta = parse_packet(source_xmp, info.source_uri)
     if meta is None:
         meta = ET.Element(qname("x", "xmpmeta"))
         ET.SubElement(meta, qname("rdf", "RDF"))
@@ -456,7 +464,7 @@ def embed(output: bytes, fmt: str, source: bytes | SourceMetadata, info: Provena
     """
     if fmt in UNMARKED_FORMATS:
         return output
-    meta = source if isinstance(source, SourceMetadata) else source_metadata(source)
+    meta = source if isinstance(source, SourceMetadata) else source_metadata(source, info.source_uri)
     packet = provenance_xmp(info, meta.xmp)
     if fmt == "JPEG" and not meta.exif and not meta.iptc and (plain := _embed_plain_jpeg(output, info, packet)):
         return plain
@@ -464,7 +472,7 @@ def embed(output: bytes, fmt: str, source: bytes | SourceMetadata, info: Provena
         return _write(output, _output_exif(meta.exif, info, fmt), _output_iptc(meta.iptc, info, fmt), packet.decode())
     except (RuntimeError, ValueError) as err:
         # A scan's odd EXIF/IPTC value must not cost its output: write ours, with the scan's XMP.
-        log.warning("scan's EXIF/IPTC not carried over: %s", err)
+        log.warning("%s: the scan's EXIF/IPTC is not carried over: %s", info.source_uri, err)
         return _write(output, _output_exif({}, info, fmt), {}, packet.decode())
 
 
@@ -480,7 +488,7 @@ def _embed_plain_jpeg(output: bytes, info: ProvenanceInfo, packet: bytes) -> byt
 
 
 def provenance_kind(fmt: str, signed: bool) -> str:
-    """The manifest's ``provenance`` value for an output format."""
+    """The manifest's ``provenance`` value for an output format, in a run that signs or does not."""
     if fmt in UNMARKED_FORMATS:
         return NONE
-    return XMP_C2PA if signed else XMP
+    return XMP_C2PA if signed and fmt not in UNSIGNED_FORMATS else XMP

@@ -79,6 +79,7 @@ def make_archive(root: Path) -> dict[str, str]:
         "nested/c16.tif": (encode(gray_image(80, 100, seed=2, dtype=np.uint16), "TIFF"), "colorized"),
         "d.webp": (encode(gray_image(64, 96, seed=3), "WEBP", quality=90), "colorized"),
         "e.bmp": (encode(gray_image(50, 60, seed=4), "BMP"), "colorized"),
+        "nested/f.jp2": (encode(gray_image(72, 88, seed=5), "JPEG2000"), "colorized"),
         "pages.tif": (pages.getvalue(), "colorized"),
         "rotated.jpg": (buf.getvalue(), "colorized"),
         "sepia.jpg": (encode(sepia, "JPEG", quality=90), "colorized"),
@@ -92,4 +93,5 @@ def make_archive(root: Path) -> dict[str, str]:
         write(root / key, data)
     write(root / "notes.txt", b"not a scan extension: not listed")
     write(root / "nested/old.gif", encode(gray_image(30, 40), "GIF"))  # an image, but not a scan format
+    write(root / "nested/g.j2k", encode(gray_image(30, 40), "JPEG2000"))  # a bare codestream: no metadata
     return {key: status for key, (_, status) in files.items()}

@@ -17,7 +17,7 @@ GRAY = gray_image(60, 80)
 
 @pytest.mark.parametrize(
     ("fmt", "options"),
-    [("JPEG", {"quality": 95}), ("PNG", {}), ("TIFF", {}), ("WEBP", {"lossless": True}), ("BMP", {})],
+    [("JPEG", {"quality": 95}), ("PNG", {}), ("TIFF", {}), ("WEBP", {"lossless": True}), ("BMP", {}), ("JPEG2000", {})],
 )
 def test_every_format_decodes_to_the_same_gray(fmt, options):
     scan = decode_scan(encode(GRAY, fmt, **options))
@@ -26,9 +26,10 @@ def test_every_format_decodes_to_the_same_gray(fmt, options):
     assert (error.mean() <= 2 and error.max() <= 12) if fmt == "JPEG" else error.max() == 0
 
 
-def test_16bit_gray_tiff_stays_16bit():
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG2000"])
+def test_16bit_gray_stays_16bit(fmt):
     gray16 = gray_image(40, 50, dtype=np.uint16)
-    scan = decode_scan(encode(gray16, "TIFF"))
+    scan = decode_scan(encode(gray16, fmt))
     assert scan.mode == "I;16" and scan.bit_depth == 16 and scan.gray.dtype == np.uint16
     assert (scan.gray == gray16).all()
 
@@ -122,11 +123,13 @@ def test_bad_files_get_specific_reasons(data, reason):
 
 def test_outputs_keep_format_bit_depth_and_dpi():
     rgb = colour_image(30, 40)
-    for fmt in ("JPEG", "PNG", "TIFF", "WEBP", "BMP"):
+    for fmt in ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "JPEG2000"):
         img = Image.open(io.BytesIO(encode_image(rgb, fmt, dpi=(300, 300))))
         assert img.format == fmt and img.size == (40, 30) and img.mode == "RGB"
         if fmt in ("JPEG", "PNG", "TIFF"):
             assert tuple(round(v) for v in img.info["dpi"]) == (300, 300)
+        if fmt == "JPEG2000":  # lossless, in a .jp2 container (which holds the provenance XMP)
+            assert (np.asarray(img) == rgb).all() and img.get_format_mimetype() == "image/jp2"
     rgb16 = colour_image(30, 40).astype(np.uint16) * 257
     tiff16 = encode_image(rgb16, "TIFF", dpi=(600, 600))
     import cv2
@@ -141,5 +144,6 @@ def test_output_key_changes_only_the_extension_when_the_format_changes():
     assert output_key("a/b/scan.TIF", "TIFF", "TIFF") == "a/b/scan.TIF"
     assert output_key("a/b/scan.tif", "TIFF", "JPEG") == "a/b/scan.jpg"
     assert output_format("TIFF", "same") == "TIFF" and output_format("PNG", "jpeg") == "JPEG"
+    assert output_key("a/scan.tif", "TIFF", output_format("TIFF", "jp2")) == "a/scan.jp2"
     with pytest.raises(ValueError):
         output_format("PNG", "gif")

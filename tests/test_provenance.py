@@ -28,7 +28,7 @@ from PIL import Image, IptcImagePlugin
 from typer.testing import CliRunner
 
 from colorize import __version__, provenance
-from colorize.c2pa_signing import load_signing_key
+from colorize.c2pa_signing import load_signing_key, sign_c2pa
 from colorize.cli import app
 from colorize.detect import detect_colour
 from colorize.imaging import decode_rgb
@@ -50,7 +50,10 @@ from tests.helpers import encode, gray_image, write
 RDF, XML_LANG = NS["rdf"], "{http://www.w3.org/XML/1998/namespace}lang"
 SOURCE_TITLE, SOURCE_CREATOR, SOURCE_RIGHTS = "Harbour at dawn, 1921", "A. Photographer", "CC BY 4.0, City Archive"
 SOURCE_DESCRIPTION = "Fishing boats in the harbour"
-OUTPUTS = ["cat/harbour.jpg", "b.png", "c8.tif", "c16.tif", "d.webp"]  # every format that carries XMP
+OUTPUTS = ["cat/harbour.jpg", "b.png", "c8.tif", "c16.tif", "d.webp", "f.jp2"]  # every format that carries XMP
+SIGNED = [key for key in OUTPUTS if not key.endswith(".jp2")]  # C2PA has no JPEG 2000 binding
+# The JP2 'uuid' boxes exiv2 writes: XMP (the XMP specification's) and EXIF (exiv2's, read by others).
+JP2_XMP_UUID, JP2_EXIF_UUID = bytes.fromhex("be7acfcb97a942e89c71999491e3afac"), b"JpgTiffExif->JP2"
 
 
 # --- making files ---------------------------------------------------------------------------------
@@ -82,6 +85,7 @@ def _scans(root: Path) -> Path:
     write(root / "c16.tif", encode(gray_image(80, 100, seed=3, dtype=np.uint16), "TIFF"))
     write(root / "d.webp", encode(gray_image(64, 96, seed=4), "WEBP", quality=90))
     write(root / "e.bmp", encode(gray_image(50, 60, seed=5), "BMP"))
+    write(root / "f.jp2", encode(gray_image(72, 88, seed=6), "JPEG2000"))
     return root
 
 
@@ -149,9 +153,35 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # --- reading files back (Pillow + ElementTree, not exiv2) -----------------------------------------
 
 
+def _jp2_uuid_box(data: bytes, uuid: bytes) -> bytes | None:
+    """The payload of a top-level JP2 ``uuid`` box (ISO 15444-1 I.7.2): Pillow reads none of them."""
+    at = 0
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        head = 8
+        if size == 1:  # a 64-bit length follows
+            size, head = int.from_bytes(data[at + 8 : at + 16], "big"), 16
+        end = len(data) if size == 0 else at + size
+        if kind == b"uuid" and data[at + head : at + head + 16] == uuid:
+            return data[at + head + 16 : end]
+        at = end
+    return None
+
+
+def _exif(path: Path) -> Image.Exif:
+    img = Image.open(path)
+    if img.format != "JPEG2000":
+        return img.getexif()
+    exif = Image.Exif()
+    exif.load(_jp2_uuid_box(path.read_bytes(), JP2_EXIF_UUID) or b"")
+    return exif
+
+
 def _packet(path: Path) -> bytes:
     img = Image.open(path)
     packet = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
+    if packet is None and img.format == "JPEG2000":
+        packet = _jp2_uuid_box(path.read_bytes(), JP2_XMP_UUID)
     if packet is None and img.format == "TIFF":
         packet = img.tag_v2.get(700)
     assert packet, f"{path.name}: no XMP packet"
@@ -221,7 +251,7 @@ def test_every_format_says_it_is_machine_coloured_from_which_scan_by_which_model
     assert (xmp["colorize:software"], xmp["colorize:softwareVersion"]) == ("archive-colorize", __version__)
     assert xmp["xmp:CreatorTool"] == f"archive-colorize {__version__}"
     assert xmp["colorize:runId"] == summary.run_id and xmp["xmpMM:DocumentID"].startswith("xmp.did:")
-    assert ours in Image.open(out).getexif()[0x010E]  # EXIF ImageDescription, read by Pillow
+    assert ours in _exif(out)[0x010E]  # EXIF ImageDescription, read by Pillow
 
     row = _rows(dest, summary.run_id)[key]
     assert (row.provenance, row.model_sha256) == ("xmp", card["sha256"])
@@ -263,7 +293,7 @@ def test_reruns_carry_provenance_and_outputs_are_refused_as_sources(marked, tiny
 
     src, dest, _ = marked
     again = colorize_archive(source=str(src), dest=str(dest), model=str(tiny_model))
-    assert again.counts == {"skipped_done": 6}
+    assert again.counts == {"skipped_done": 7}
     rows = _rows(dest, again.run_id)
     assert rows["b.png"].provenance == "xmp" and rows["e.bmp"].provenance == "none"
     assert {r.model_sha256 for r in rows.values()} == {_card(tiny_model)["sha256"]}
@@ -343,7 +373,9 @@ def test_signed_outputs_validate_and_tampering_is_reported(prefect_api_url, cert
     rows = _rows(dest, run_id)
     trust = {"trust": {"user_anchors": certs["root"].read_text()}, "verify": {"remote_manifest_fetch": False}}
 
-    for key in OUTPUTS:
+    jp2 = dest / "f.jp2"
+    assert rows["f.jp2"].provenance == "xmp" and _xmp(jp2)["Iptc4xmpExt:DigitalSourceType"] == DIGITAL_SOURCE_TYPE
+    for key in SIGNED:
         out = dest / key
         assert rows[key].provenance == "xmp+c2pa" and rows[key].output_sha256 == _sha(out)
         assert _xmp(out)["Iptc4xmpExt:DigitalSourceType"] == DIGITAL_SOURCE_TYPE  # XMP kept through signing
@@ -378,6 +410,25 @@ def test_signed_outputs_validate_and_tampering_is_reported(prefect_api_url, cert
 
     plain = runner.invoke(app, ["inspect", str(src / "b.png")])
     assert plain.exit_code == 0 and "provenance: none" in plain.output and "C2PA: no manifest" in plain.output
+
+
+def test_a_jpeg_2000_scan_is_named_as_the_signed_outputs_parent_by_uri_and_hash(certs):
+    key = load_signing_key(str(certs["chain"]), str(certs["key"]))
+    scan = encode(gray_image(40, 50), "JPEG2000")
+    sha = hashlib.sha256(scan).hexdigest()
+    info = ProvenanceInfo("s3://b/scans/a.jp2", sha, "m@cd", "cd" * 32, "run-1")
+    output = embed(encode(gray_image(40, 50), "PNG"), "PNG", scan, info)
+    signed = sign_c2pa(output, "PNG", info, key, source=scan, source_format="JPEG2000", title="a.png")
+    trust = {"trust": {"user_anchors": certs["root"].read_text()}, "verify": {"remote_manifest_fetch": False}}
+    with c2pa.Context.from_dict(trust) as ctx, c2pa.Reader("image/png", io.BytesIO(signed), context=ctx) as r:
+        state, manifest = r.get_validation_state(), r.get_active_manifest()
+    assert state == "Trusted"
+    (parent,) = manifest["ingredients"]
+    assert (parent["title"], parent["format"], parent["relationship"]) == ("a.jp2", "image/jp2", "parentOf")
+    assert parent["metadata"]["example.archive-colorize.provenance"] == {"uri": info.source_uri, "sha256": sha}
+    with pytest.raises(ProvenanceError, match="JPEG2000 cannot carry a C2PA manifest"):
+        sign_c2pa(embed(scan, "JPEG2000", scan, info), "JPEG2000", info, key, source=scan, source_format="JPEG2000",
+                  title="a.jp2")  # fmt: skip
 
 
 def test_a_certificate_c2pa_refuses_is_named(certs):

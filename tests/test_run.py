@@ -83,6 +83,9 @@ def test_first_run_colorizes_every_gray_scan_at_full_resolution(run, tmp_path, t
     assert by_key["pages.tif"].reason == "page 1 of 2 colorized; the other pages are not in the output"
     assert by_key["a.jpg"].reason == ""  # a whole scan colorized needs no note
     assert by_key["rotated.jpg"].width == "120" and by_key["rotated.jpg"].height == "160"
+    # JPEG 2000 is written losslessly: the output's luminance is the scan's own, to rounding.
+    jp2_gray = decode_scan((src / "nested/f.jp2").read_bytes()).gray.astype(int)
+    assert np.abs(decode_scan((dest / "nested/f.jp2").read_bytes()).gray.astype(int) - jp2_gray).max() <= 2
     assert tuple(round(v) for v in Image.open(dest / "a.jpg").info["dpi"]) == (300, 300)
     assert by_key["bad/empty.jpg"].reason == "empty file (0 bytes)"
     assert by_key["bad/text.jpg"].reason.startswith("not an image")
@@ -91,8 +94,8 @@ def test_first_run_colorizes_every_gray_scan_at_full_resolution(run, tmp_path, t
     assert "already colour" in by_key["colour.jpg"].reason
     assert not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert not (dest / "back\\slash.jpg").exists()
-    assert summary.counts == {"colorized": 8, "skipped_color": 1, "failed": 4}
-    assert summary.not_scans == {".txt": 1, ".gif": 1}  # no rows, but counted
+    assert summary.counts == {"colorized": 9, "skipped_color": 1, "failed": 4}
+    assert summary.not_scans == {".txt": 1, ".gif": 1, ".j2k": 1}  # no rows, but counted
 
 
 def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_model):
@@ -102,7 +105,7 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_mo
     outputs = {p: p.stat().st_mtime_ns for p in dest.rglob("*.jpg")}
 
     second = run(src, dest, tiny_model, shard_size=5)
-    assert second.counts == {"skipped_done": 8, "skipped_color": 1, "failed": 4}
+    assert second.counts == {"skipped_done": 9, "skipped_color": 1, "failed": 4}
     assert {p: p.stat().st_mtime_ns for p in dest.rglob("*.jpg")} == outputs  # nothing rewritten
 
     write(src / "a.jpg", encode(gray_image(120, 160, seed=9), "JPEG"))  # new content
@@ -116,7 +119,7 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_mo
     assert (dest / "d.webp").exists()
 
     ledger = _manifest(dest)
-    assert ledger["source_uri"].is_unique and len(ledger) == 14
+    assert ledger["source_uri"].is_unique and len(ledger) == 15
     for row in ledger.itertuples():
         if row.status in ("colorized", "skipped_done"):
             assert Path(row.output_uri).exists()
@@ -129,11 +132,11 @@ def test_force_redo_older_and_colorize_color(run, tmp_path, tiny_model, other_mo
     same = run(src, dest, other_model)  # another model, default: what is done stays done
     assert same.counts.get("colorized", 0) == 0
     redo = run(src, dest, other_model, redo_older=True)
-    assert redo.counts["colorized"] == 8
+    assert redo.counts["colorized"] == 9
     again = run(src, dest, other_model, redo_older=True)
     assert again.counts.get("colorized", 0) == 0  # now made by this model
     forced = run(src, dest, other_model, force=True, colorize_color=True)
-    assert forced.counts["colorized"] == 9  # everything, the colour photo too (as gray)
+    assert forced.counts["colorized"] == 10  # everything, the colour photo too (as gray)
     row = _by_key(_manifest(dest, forced.run_id), src)["colour.jpg"]
     assert row.status == "colorized" and row.model_id.startswith("other@")
 
@@ -210,6 +213,7 @@ def test_the_librarys_warnings_reach_the_runs_log_in_prefect(run, tmp_path, tiny
         time.sleep(0.5)
     assert ours, [log.message for log in logs]
     assert ours[0].flow_run_id and ours[0].task_run_id  # under the shard's task, in its flow run
+    assert ours[0].message.startswith(f"{src / 'broken-xmp.jpg'}: ")  # it names the scan
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -426,7 +426,9 @@ def test_s3_to_s3_with_a_model_in_s3_then_a_rerun_that_skips_by_etag(run, s3, tm
     jpeg = encode(gray_image(40, 50), "JPEG")
     traversal = {"1950s/../evil.jpg": jpeg, "1950s/a//b.jpg": jpeg, "1950s//lead.jpg": jpeg}
     outside = {"1950s-extra/x.jpg": jpeg, "1960s/y.jpg": jpeg}
-    put_many(s3, "scans", sources | traversal | outside)
+    # Hidden names, as a Mac's upload leaves them: no rows, as in a local source.
+    hidden = {"1950s/._a.jpg": b"\x00\x05\x16\x07AppleDouble resource fork", "1950s/.thumbnails/a.jpg": jpeg}
+    put_many(s3, "scans", sources | traversal | outside | hidden)
     for name in ("generator.safetensors", "card.json"):
         s3.put_object(Bucket="models", Key=f"colorizer/v1/{name}", Body=(tiny_model / name).read_bytes())
 
@@ -447,13 +449,14 @@ def test_s3_to_s3_with_a_model_in_s3_then_a_rerun_that_skips_by_etag(run, s3, tm
     assert sorted(k for k in written if extension_format(k)) == [f"1950s/{k}" for k in colorized]
     assert {"1950s/manifest.csv", f"1950s/manifests/{first.run_id}.csv"} <= set(written)
     assert not [k for k in written if k.startswith(f"1950s/manifests/{first.run_id}/")]  # parts folded, removed
-    assert keys(s3, "scans", "evil") == [] and len(keys(s3, "scans")) == len(sources | traversal | outside)
+    assert keys(s3, "scans", "evil") == [] and len(keys(s3, "scans")) == len(sources | traversal | outside | hidden)
     for key in colorized:
         row = by_key[key]
         assert row.output_uri == f"s3://colour/1950s/{key}" and row.model_id.startswith("tiny@")
         out = decode_scan(s3.get_object(Bucket="colour", Key=f"1950s/{key}")["Body"].read())
         assert (out.width, out.height) == (int(row.width), int(row.height))
     assert s3.head_object(Bucket="colour", Key="1950s/a.jpg")["ContentType"] == "image/jpeg"
+    assert s3.head_object(Bucket="colour", Key="1950s/nested/f.jp2")["ContentType"] == "image/jp2"
 
     second = run(source="s3://scans/1950s", dest="s3://colour/1950s", model="s3://models/colorizer/v1")
     n_failed = sum(s == "failed" for s in expected.values()) + len(traversal)

@@ -92,6 +92,16 @@ def check_key(key: str) -> str:
     return key
 
 
+def is_hidden(key: str) -> bool:
+    """Whether a key has a hidden file or folder in its path: a segment starting with a dot.
+
+    ``.`` and ``..`` segments are not hidden names but unsafe ones (:func:`check_key` refuses them).
+    Runs leave hidden names alone in every store, as a local listing never shows them: macOS's
+    ``._name.jpg`` resource forks and ``.DS_Store``, ``.thumbnails/`` and the like are not scans.
+    """
+    return any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
+
+
 def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
     """The storage for ``uri``: ``s3://bucket/prefix``, ``file:///path`` or a plain path."""
     if uri.startswith("s3://"):

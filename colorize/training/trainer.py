@@ -64,6 +64,9 @@ class TrainConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     lambda_l1: float = 100.0
+    # Weight of an edge-aware smoothness loss on the predicted chroma (0 = off): colour that varies
+    # where the gray does not is a guess the gray cannot support.
+    lambda_smooth: float = 0.0
     decay_epoch: int = 100  # linear decay to 0 from here to the last epoch (notebook: none in effect)
     l1_warmup_epochs: int = 0  # epochs of L1 alone before the GAN loss starts
     ema_decay: float = 0.0  # 0 = off; else the exported generator is an EMA of the weights
@@ -185,6 +188,30 @@ class _Batches(torch.utils.data.Dataset):
             x = np.repeat(g[:, None], 3, axis=1)
             y = ((rgb - self._color_mean) / self._color_std).transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+SMOOTH_SHARPNESS = 10.0
+
+
+def edge_aware_smoothness(pred: torch.Tensor, gray: torch.Tensor, sharpness: float = SMOOTH_SHARPNESS) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of ``pred``, each weighted by
+    ``exp(-sharpness * |the same difference of gray|)``: changes of colour cost little across an
+    edge of the gray and fully where the gray is flat.
+
+    Args:
+        pred: (N, C, H, W) float, the generator's output (normalised, about [-1, 1]).
+        gray: (N, 1 or 3, H, W) float, the generator's input, normalised to [-1, 1].
+
+    Returns:
+        A scalar tensor, 0 for a constant ``pred``.
+    """
+    g = gray.mean(1, keepdim=True)
+    cost = pred.new_zeros(())
+    for dim in (2, 3):
+        dp = pred.diff(dim=dim).abs().mean(1, keepdim=True)
+        dg = g.diff(dim=dim).abs()
+        cost = cost + (dp * torch.exp(-sharpness * dg)).mean()
+    return cost
 
 
 def ema_update(decay: float) -> Callable[..., None]:
@@ -385,6 +412,8 @@ def train(
                 else:
                     loss_gan = torch.zeros((), device=device)
                 loss_g = loss_gan + cfg.lambda_l1 * loss_l1
+                if cfg.lambda_smooth:
+                    loss_g = loss_g + cfg.lambda_smooth * edge_aware_smoothness(fake.float(), x.float())
             loss_g.backward()
             opt_g.step()
             if ema is not None:
