@@ -17,7 +17,7 @@ from colorize.color import luma
 from colorize.registry import Registry
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import is_better
-from colorize.training.trainer import TrainConfig, lr_factor
+from colorize.training.trainer import TrainConfig, edge_aware_smoothness, lr_factor
 from tests.helpers import colour_image, encode, gray_image, write
 
 TINY = dict(width=8, depth=6, image_size=64, load_size=72, batch_size=4, epochs=2, eval_every=1, checkpoint_every=1,
@@ -109,6 +109,18 @@ def test_lr_schedule_is_the_sources_linear_decay():
     assert lr_factor(50, 100, 50) == 1.0
     assert lr_factor(75, 100, 50) == pytest.approx(1 - 25 / 51)
     assert lr_factor(100, 100, 50) == pytest.approx(1 / 51)
+
+
+def test_smoothness_loss_charges_colour_changes_where_the_gray_is_flat_only():
+    gray = torch.full((1, 1, 16, 16), -0.2)
+    step = torch.zeros((1, 2, 16, 16))
+    step[..., 8:] = 0.5  # a colour edge down the middle
+    assert float(edge_aware_smoothness(torch.full((1, 2, 16, 16), 0.3), gray)) == 0.0
+    flat = float(edge_aware_smoothness(step, gray))
+    assert flat == pytest.approx(0.5 / 15)  # one jump in every row, over 15 differences per row
+    gray[..., 8:] = 0.6  # the gray has an edge in the same place
+    assert float(edge_aware_smoothness(step, gray)) < 0.001 * flat
+    assert TrainConfig().lambda_smooth == 0.0  # off unless asked for
 
 
 def test_promotion_criterion():
