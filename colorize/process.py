@@ -211,9 +211,10 @@ class ShardProcessor:
         self.dest.write_bytes(p.item.output_key, data, content_type(p.item.output_format))
         # Not a failure, but part of the source is not in the output: the record says so.
         pages = p.scan.pages
-        note = f"page 1 of {pages} colorized; the other pages are not in the output" if pages > 1 else ""
+        notes = [f"page 1 of {pages} colorized; the other pages are not in the output" if pages > 1 else ""]
+        notes.append(p.source_meta.problem)
         return self._row(
-            p.item, "colorized", note, output_uri=self.dest.uri_for(p.item.output_key),
+            p.item, "colorized", "; ".join(n for n in notes if n), output_uri=self.dest.uri_for(p.item.output_key),
             output_sha256=hashlib.sha256(data).hexdigest(), model_id=self.colorizer.model_id,
             provenance=provenance, model_sha256=self.model_sha256,
             seconds=round(time.perf_counter() - p.started, 4), **self._scan_fields(p.scan, p.sha256),

@@ -176,6 +176,7 @@ class SourceMetadata:
     xmp: str = ""
     exif: dict[str, Any] = field(default_factory=dict)  # exiv2 keys -> values, descriptive tags only
     iptc: dict[str, Any] = field(default_factory=dict)
+    problem: str = ""  # what of it cannot be carried over, and why: the output's row says so
 
     @property
     def colorized_by_us(self) -> bool:
@@ -223,8 +224,9 @@ def _keep_exif(key: str) -> bool:
 def source_metadata(data: bytes, name: str = "") -> SourceMetadata:
     """The descriptive metadata of a scan's bytes; empty when it has none or exiv2 cannot read it.
 
-    A scan whose metadata cannot be read still gets colorized, with our provenance alone (logged,
-    naming the scan by ``name``, its URI).
+    A scan whose metadata cannot be read, or whose XMP is not XML, still gets colorized, with
+    what could be read and our provenance; ``problem`` says what was left behind (and it is
+    logged, naming the scan by ``name``, its URI).
     """
     if not carries_metadata(data):
         return SourceMetadata()  # a JPEG with none: no need for exiv2 to parse the whole file
@@ -235,15 +237,34 @@ def source_metadata(data: bytes, name: str = "") -> SourceMetadata:
             iptc = exiv2_decoded(img.read_iptc) if img.get_access_mode().get("iptc") else {}
     except (RuntimeError, ValueError) as err:
         log.warning("%s: the scan's metadata is unreadable and not carried over: %s", name or "a scan", err)
-        return SourceMetadata()
+        return SourceMetadata(problem=f"the scan's metadata could not be read and is not in the output ({err})")
+    problem = ""
+    if xmp.strip() and (error := _xml_error(xmp)):
+        log.warning("%s: the XMP is not well-formed and not carried over: %s", name or "a scan", error)
+        xmp, problem = "", f"the scan's XMP is not well-formed XML and is not in the output ({error})"
     return SourceMetadata(
         xmp=xmp,
         exif={k: v for k, v in exif.items() if _keep_exif(k)},
         iptc={k: v for k, v in iptc.items() if k.startswith("Iptc.Application2.") and k not in _IPTC_DROP},
+        problem=problem,
     )
 
 
 # --- the XMP packet -------------------------------------------------------------------------------
+
+
+def _xml(text: str) -> ET.Element:
+    """Parse untrusted XML (defusedxml: no entity expansion, no external references)."""
+    return SafeET.fromstring(text.strip().lstrip("\ufeff").encode("utf-8"))
+
+
+def _xml_error(text: str) -> str:
+    """Why ``text`` is not well-formed XML, or "" when it is."""
+    try:
+        _xml(text)
+    except (ET.ParseError, DefusedXmlException, ValueError) as err:
+        return str(err)
+    return ""
 
 
 def parse_packet(packet: str, name: str = "") -> ET.Element | None:
@@ -255,7 +276,7 @@ def parse_packet(packet: str, name: str = "") -> ET.Element | None:
     if not text:
         return None
     try:
-        root = SafeET.fromstring(text.encode("utf-8"))
+        root = _xml(text)
     except (ET.ParseError, DefusedXmlException, ValueError) as err:
         log.warning("%s: the XMP is not well-formed and not carried over: %s", name or "a scan", err)
         return None

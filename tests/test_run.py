@@ -189,7 +189,8 @@ def test_summary_artifacts_and_one_model_load_per_process(run, tmp_path, tiny_mo
 
 
 def test_the_librarys_warnings_reach_the_runs_log_in_prefect(run, tmp_path, tiny_model):
-    """A reader thread's warning is filed under the run in Prefect, as the shard's own lines are."""
+    """A reader thread's warning is filed under the run in Prefect, as the shard's own lines are; the
+    metadata it is about is named in the scan's row too."""
     import time
 
     from prefect.client.orchestration import get_client
@@ -200,6 +201,8 @@ def test_the_librarys_warnings_reach_the_runs_log_in_prefect(run, tmp_path, tiny
     write(src / "broken-xmp.jpg", encode(gray_image(40, 50), "JPEG", xmp=b"<x:xmpmeta><not-closed"))
     summary = run(src, tmp_path / "colour", tiny_model)
     assert summary.counts == {"colorized": 1}
+    (row,) = _manifest(tmp_path / "colour", summary.run_id).itertuples()
+    assert row.reason.startswith("the scan's XMP is not well-formed XML and is not in the output (")
     deadline = time.time() + 30
     while True:  # logs reach the server in the background
         with get_client(sync_client=True) as client:
