@@ -55,7 +55,8 @@ def run(
     ] = Backend.auto,
     force: Annotated[bool, typer.Option("--force", help="Redo everything, even what is done.")] = False,
     redo_older: Annotated[
-        bool, typer.Option("--redo-older", help="Redo outputs that another (older) model made.")
+        bool,
+        typer.Option("--redo-older", help="Redo outputs made by another (older) model, or an older way of colouring."),
     ] = False,
     colorize_color: Annotated[
         bool, typer.Option("--colorize-color", help="Colorize colour sources too, as gray.")

@@ -30,6 +30,11 @@ _MERGE_STRIP_ROWS = 256
 # radii 2-16 and regularisers 25-400; 0 radius turns it off (plain bicubic upsampling).
 GUIDE_RADIUS = 8
 GUIDE_EPS = 25.0
+# Names how outputs get their full-resolution colour from a model's chroma, in every manifest row
+# that made one. Change it whenever the code changes the colours a model's outputs get, so that
+# ``--redo-older`` remakes outputs made the older way. Rows from before it was recorded have "":
+# those outputs had the chroma upsampled bicubic, or guided as now.
+COLOUR_METHOD = f"guided-{GUIDE_RADIUS}-{GUIDE_EPS:g}"
 
 NOTEBOOK_NORMALIZATION: dict[str, list[float]] = {
     "color_mean": [0.58090717, 0.52688643, 0.45678478],

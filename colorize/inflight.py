@@ -18,11 +18,21 @@ import sys
 # the pipeline on 48 MP 8-bit JPEG masters done one at a time: 22.9x (bench/RESULTS.md,
 # bench/masters_memory.py; 15.5x when the chroma was upsampled alone).
 WRITE_PEAK_FACTOR = 23
+# Formats whose encoder holds more than that. JPEG 2000: OpenJPEG takes the RGB output as 32-bit
+# integers per sample (12 bytes a pixel) besides Pillow's own copy; measured the same way on 48 MP
+# lossless .jp2 masters: 26.3x (`bench/masters_memory.py --format jp2`).
+WRITE_PEAK_FACTORS = {"JPEG2000": 27}
 # The default budget's share of the machine's physical memory (divided among a host's processes).
 DEFAULT_MEMORY_SHARE = 0.25
 # glibc serves allocations under 32 MB (its largest automatic mmap threshold) from per-thread arenas
 # and keeps what is freed there. After a scan this large, the freed memory is handed back.
 TRIM_AFTER = 32 << 20
+
+
+def write_peak_factor(fmt: str) -> int:
+    """A scan's peak while it is merged and encoded into ``fmt`` (a Pillow format name), as a
+    multiple of its full-resolution gray."""
+    return WRITE_PEAK_FACTORS.get(fmt, WRITE_PEAK_FACTOR)
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -73,24 +83,28 @@ class InFlight:
 
     Each scan is charged its decoded full-resolution gray (``nbytes``) from the moment it is read
     until its write is collected. Scans being written cost more: up to ``workers`` of them are merged
-    and encoded at once, each at ``WRITE_PEAK_FACTOR`` times its gray: the largest ``workers`` scans
-    held are charged so, whether they are at the writers yet or still waiting for a batch (a full
-    batch goes to the writers at once). A read in flight is
-    charged as a held scan the size of the largest seen so far: its size is known only once decoded.
+    and encoded at once, each at its format's :func:`write_peak_factor` times its gray: the
+    ``workers`` scans held whose peaks are highest are charged so, whether they are at the writers
+    yet or still waiting for a batch (a full batch goes to the writers at once). A read in flight is
+    charged as a held scan as large as the largest seen so far, at the highest peak seen: its size
+    is known only once decoded.
     """
 
     def __init__(self, budget: int, workers: int):
         self.budget = budget  # positive: RunOptions checks what a user gives
         self.workers = workers
         self.largest = 0
-        self._reading: dict[int, int] = {}  # read, waiting for (or in) a batch
-        self._writing: dict[int, int] = {}  # handed to the writers
+        self._largest_peak = 0
+        self._reading: dict[int, tuple[int, int]] = {}  # read, waiting for (or in) a batch: (held, peak)
+        self._writing: dict[int, tuple[int, int]] = {}  # handed to the writers
 
     def _estimate(self, reads_in_flight: int) -> int:
-        held = [*self._reading.values(), *self._writing.values(), *[self.largest] * reads_in_flight]
-        # Any scan held may be among the next ones merged, so the largest are charged at their peak.
-        busiest = sorted(held, reverse=True)[: self.workers]
-        return sum(held) + (WRITE_PEAK_FACTOR - 1) * sum(busiest)
+        scans = [
+            *self._reading.values(), *self._writing.values(), *[(self.largest, self._largest_peak)] * reads_in_flight
+        ]  # fmt: skip
+        # Any scan held may be among the next ones merged, so the highest peaks are charged.
+        extra = sorted((peak - held for held, peak in scans), reverse=True)[: self.workers]
+        return sum(held for held, _ in scans) + sum(extra)
 
     def may_read(self, reads_in_flight: int) -> bool:
         """Whether one more read fits, ``reads_in_flight`` being already under way.
@@ -101,10 +115,12 @@ class InFlight:
             return reads_in_flight == 0
         return self._estimate(reads_in_flight + 1) <= self.budget
 
-    def read(self, index: int, nbytes: int) -> None:
-        """Scan ``index`` has been read and decoded: ``nbytes`` of it are held from now on."""
-        self._reading[index] = nbytes
+    def read(self, index: int, nbytes: int, peak_factor: int = WRITE_PEAK_FACTOR) -> None:
+        """Scan ``index`` has been read and decoded: ``nbytes`` of it are held from now on, and
+        ``peak_factor`` times that while it is written."""
+        self._reading[index] = (nbytes, nbytes * peak_factor)
         self.largest = max(self.largest, nbytes)
+        self._largest_peak = max(self._largest_peak, nbytes * peak_factor)
 
     def to_write(self, index: int) -> None:
         """Scan ``index`` went through the model and on to the writers."""
@@ -113,7 +129,7 @@ class InFlight:
 
     def written(self, index: int) -> int:
         """Scan ``index`` is written (or failed): it holds nothing any more. Returns what it held."""
-        return self._reading.pop(index, 0) + self._writing.pop(index, 0)
+        return self._reading.pop(index, (0, 0))[0] + self._writing.pop(index, (0, 0))[0]
 
     def over(self) -> bool:
         """Whether what is held now exceeds the budget."""

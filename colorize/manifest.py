@@ -55,6 +55,7 @@ class ManifestRow:
     finished_at: str = ""
     provenance: str = "none"  # what the output carries: xmp, xmp+c2pa, none (BMP; rows without output)
     model_sha256: str = ""  # the full sha256 of the model's weights (model_id has its first 12 hex)
+    colour_method: str = ""  # how the output got its full-resolution colour (color.COLOUR_METHOD)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -71,6 +72,7 @@ COLUMNS: list[str] = [
     "width", "height", "mode", "bit_depth", "pages", "status", "reason", "output_uri",
     "output_sha256", "model_id", "seconds", "worker", "finished_at",
     "provenance", "model_sha256",  # appended (issue 10): older manifests lack them and read as ""
+    "colour_method",  # appended later still, and read as "" from older manifests
 ]  # fmt: skip
 assert sorted(COLUMNS) == sorted(f.name for f in fields(ManifestRow))
 
@@ -143,6 +145,7 @@ class LedgerEntry:
     run_id: str
     provenance: str = ""
     model_sha256: str = ""
+    colour_method: str = ""
 
 
 class Ledger:
@@ -150,11 +153,12 @@ class Ledger:
 
     def __init__(self, frame: pd.DataFrame):
         self._entries: dict[str, LedgerEntry] = {
-            uri: LedgerEntry(int(size), mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha)
-            for uri, size, mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha in zip(
+            uri: LedgerEntry(int(size), mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha, method)
+            for uri, size, mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha, method in zip(
                 frame["source_uri"], frame["source_size"], frame["source_mtime"], frame["source_etag"],
                 frame["source_sha256"], frame["status"], frame["output_uri"], frame["output_sha256"],
-                frame["model_id"], frame["run_id"], frame["provenance"], frame["model_sha256"], strict=True,
+                frame["model_id"], frame["run_id"], frame["provenance"], frame["model_sha256"],
+                frame["colour_method"], strict=True,
             )
         }  # fmt: skip
 

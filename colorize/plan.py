@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from colorize.color import COLOUR_METHOD
 from colorize.imaging import (
     DEFAULT_MAX_PIXELS,
     FORMATS,
@@ -158,6 +159,7 @@ def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEn
         model_id=entry.model_id,
         provenance=entry.provenance,
         model_sha256=entry.model_sha256,
+        colour_method=entry.colour_method,
     )
 
 
@@ -216,8 +218,9 @@ def plan(
             if entry.status in DONE_STATUSES and unchanged is not False:
                 if existing is None:
                     existing = {o.key for o in dest.list()}
-                stale_model = opts.redo_older and entry.model_id != opts.model_id
-                if out_key in existing and not stale_model:
+                # --redo-older: made by another model, or by an older way of colouring at full resolution.
+                older = entry.model_id != opts.model_id or entry.colour_method != COLOUR_METHOD
+                if out_key in existing and not (opts.redo_older and older):
                     if unchanged:
                         skipped.append(done_row(opts, source, obj, entry, "unchanged since last run"))
                         continue

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from colorize.c2pa_signing import load_signing_key, sign_c2pa
-from colorize.color import merge_chroma
+from colorize.color import COLOUR_METHOD, merge_chroma
 from colorize.detect import detect_colour
 from colorize.engine import Colorizer, model_input
 from colorize.imaging import Scan, ScanError, content_type, decode_scan, encode_image
-from colorize.inflight import TRIM_AFTER, InFlight, default_memory_budget, give_back_memory
+from colorize.inflight import TRIM_AFTER, InFlight, default_memory_budget, give_back_memory, write_peak_factor
 from colorize.jpeg_lane import Decoded, JpegHeader, JpegLane, read_header
 from colorize.manifest import ManifestRow, format_mtime
 from colorize.plan import RunOptions, WorkItem, done_row
@@ -216,7 +216,7 @@ class ShardProcessor:
         return self._row(
             p.item, "colorized", "; ".join(n for n in notes if n), output_uri=self.dest.uri_for(p.item.output_key),
             output_sha256=hashlib.sha256(data).hexdigest(), model_id=self.colorizer.model_id,
-            provenance=provenance, model_sha256=self.model_sha256,
+            provenance=provenance, model_sha256=self.model_sha256, colour_method=COLOUR_METHOD,
             seconds=round(time.perf_counter() - p.started, 4), **self._scan_fields(p.scan, p.sha256),
         )  # fmt: skip
 
@@ -299,7 +299,7 @@ class ShardProcessor:
                 if isinstance(prepared, ManifestRow):
                     done(index, prepared)
                     continue
-                held.read(index, _held_bytes(prepared))
+                held.read(index, _held_bytes(prepared), write_peak_factor(prepared.item.output_format))
                 batch = batches[prepared.jpeg is not None]
                 batch.append((index, prepared))
                 # Over the memory budget (huge masters), a partial batch goes on, to free its scans.

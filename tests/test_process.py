@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from colorize.engine import Colorizer
-from colorize.inflight import WRITE_PEAK_FACTOR, InFlight, default_memory_budget, memory_budget
+from colorize.inflight import WRITE_PEAK_FACTOR, InFlight, default_memory_budget, memory_budget, write_peak_factor
 from colorize.manifest import new_run_id
 from colorize.modelfile import load_model
 from colorize.plan import RunOptions, WorkItem
@@ -132,6 +132,15 @@ def test_the_account_charges_the_scans_that_may_be_written_next_at_their_peak():
     assert held.over()  # alone over the budget: the shard lets it through alone (tests above)
     assert held.written(2) == 80 * GRAY
     assert not held.over() and held.writing == 0
+
+
+def test_a_format_whose_encoder_holds_more_is_charged_its_own_peak():
+    jp2 = write_peak_factor("JPEG2000")
+    assert jp2 > WRITE_PEAK_FACTOR == write_peak_factor("JPEG") == write_peak_factor("TIFF")
+    held = InFlight(budget=100 * GRAY, workers=1)
+    held.read(0, GRAY)
+    held.read(1, GRAY, jp2)  # the one writer's next scan may be this one: charged at the higher peak
+    assert held.may_read(100 - jp2 - 2) and not held.may_read(100 - jp2 - 1)
 
 
 def test_the_default_budget_is_shared_by_a_hosts_processes():

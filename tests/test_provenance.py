@@ -310,13 +310,13 @@ def test_reruns_carry_provenance_and_outputs_are_refused_as_sources(marked, tiny
 
 
 def test_manifest_columns_are_appended_and_older_manifests_read(tmp_path):
-    assert COLUMNS[-2:] == ["provenance", "model_sha256"]
+    assert COLUMNS[-3:] == ["provenance", "model_sha256", "colour_method"]
     row = ManifestRow(run_id="r", source_uri="a.jpg", source_size=1, source_mtime="t", status="colorized")
-    older = to_frame([row]).drop(columns=["provenance", "model_sha256"])  # a manifest from before issue 10
+    older = to_frame([row]).drop(columns=COLUMNS[-3:])  # a manifest from before issue 10
     storage = open_storage(str(tmp_path))
     write_csv(storage, "old.csv", older)
     frame = read_csv(storage, "old.csv")
-    assert list(frame.columns) == COLUMNS and (frame["provenance"][0], frame["model_sha256"][0]) == ("", "")
+    assert list(frame.columns) == COLUMNS and tuple(frame.loc[0, COLUMNS[-3:]]) == ("", "", "")
 
 
 def test_provenance_xmp_merges_languages_and_drops_stale_claims():

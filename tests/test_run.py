@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from colorize import model_cache
+from colorize.color import COLOUR_METHOD
 from colorize.imaging import decode_scan
 from colorize.manifest import COLUMNS
 from colorize.modelfile import load_model
@@ -135,6 +136,18 @@ def test_force_redo_older_and_colorize_color(run, tmp_path, tiny_model, other_mo
     assert redo.counts["colorized"] == 9
     again = run(src, dest, other_model, redo_older=True)
     assert again.counts.get("colorized", 0) == 0  # now made by this model
+    assert set(_manifest(dest)["colour_method"]) == {COLOUR_METHOD, ""}  # "": rows that made no output
+
+    # Outputs made by this model, the way an earlier version of the software coloured them: the
+    # ledger of such a destination records another method, or none (from before it was recorded).
+    ledger = _manifest(dest)
+    made = ledger["colour_method"] == COLOUR_METHOD
+    ledger.loc[made, "colour_method"] = ["", "bicubic"] * (made.sum() // 2) + [""] * (made.sum() % 2)
+    ledger.to_csv(dest / "manifest.csv", index=False)
+    assert run(src, dest, other_model).counts.get("colorized", 0) == 0  # done stays done by default
+    upgraded = run(src, dest, other_model, redo_older=True)
+    assert upgraded.counts["colorized"] == made.sum() == 9
+    assert run(src, dest, other_model, redo_older=True).counts.get("colorized", 0) == 0
     forced = run(src, dest, other_model, force=True, colorize_color=True)
     assert forced.counts["colorized"] == 10  # everything, the colour photo too (as gray)
     row = _by_key(_manifest(dest, forced.run_id), src)["colour.jpg"]
