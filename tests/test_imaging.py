@@ -113,8 +113,9 @@ def test_pixel_limit_is_checked_before_decoding():
         (encode(gray_image(400, 400), "JPEG")[:20000], "truncated image data: the file ends early"),
         (encode(GRAY, "PNG")[:60] + b"\x00" * 400, "(truncated|corrupt) image data"),
         (b"GIF89a" + b"\x00" * 50, "(unsupported image format|corrupt|not an image)"),
+        (encode(gray_image(300, 300), "JPEG2000")[:20000], "corrupt or truncated image data: OpenJPEG could not"),
     ],
-    ids=["zero-byte", "non-image", "truncated-header", "truncated-data", "corrupt-png", "gif"],
+    ids=["zero-byte", "non-image", "truncated-header", "truncated-data", "corrupt-png", "gif", "truncated-jp2"],
 )
 def test_bad_files_get_specific_reasons(data, reason):
     with pytest.raises(ScanError, match=reason):
@@ -137,6 +138,9 @@ def test_outputs_keep_format_bit_depth_and_dpi():
     back = cv2.imdecode(np.frombuffer(tiff16, np.uint8), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and back.shape == (30, 40, 3)
     assert (back[..., ::-1] == rgb16).all()
+    deep = np.random.default_rng(0).integers(0, 65536, (40, 50, 3), dtype=np.uint16)  # every bit matters
+    back = cv2.imdecode(np.frombuffer(encode_image(deep, "JPEG2000"), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and (back[..., ::-1] == deep).all()  # JPEG 2000: lossless, 16 bits kept
     assert tuple(round(v) for v in Image.open(io.BytesIO(tiff16)).info["dpi"]) == (600, 600)
 
 
