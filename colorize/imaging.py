@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
+import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -214,24 +215,23 @@ def _load_upright(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int, 
 
 
 def _jpeg2000_gray(data: bytes) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """A JPEG 2000 file's pixels through OpenCV: (gray (H, W), colour preview or None, bit depth).
+    """A JPEG 2000 file's pixels through imagecodecs: (gray (H, W), colour preview or None, bit depth).
 
-    OpenCV's decoder releases the GIL; Pillow's holds it (3.9 s for a 48 MP scan here, during
+    imagecodecs' OpenJPEG releases the GIL; Pillow's holds it (3.9 s for a 48 MP scan here, during
     which no other thread of the process runs), so readers in threads decode JPEG 2000 in
     parallel only this way. 16-bit gray stays 16-bit; colour is reduced to 8 bits, as Pillow does.
     """
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise ScanError("corrupt or truncated image data: OpenJPEG could not decode this JPEG 2000 file")
+    try:
+        arr = imagecodecs.jpeg2k_decode(data, numthreads=1)  # the shard's readers are the threads
+    except imagecodecs.Jpeg2kError as err:
+        raise ScanError(f"corrupt or truncated image data: OpenJPEG could not decode it ({err})") from None
     if arr.ndim == 2:
         return arr, None, 16 if arr.dtype == np.uint16 else 8
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
     if arr.shape[2] == 2:  # gray and alpha
         return _on_white(arr[..., 0], arr[..., 1]), None, 8
-    rgb = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    if arr.shape[2] == 4:
-        rgb = _on_white(rgb, arr[..., 3])
+    rgb = _on_white(arr[..., :3], arr[..., 3]) if arr.shape[2] == 4 else np.ascontiguousarray(arr[..., :3])
     return luma(rgb), shrink(rgb, PREVIEW_SIZE), 8
 
 
@@ -349,24 +349,12 @@ def set_jpeg_dpi(data: bytes, dpi: tuple[float, float] | None) -> bytes:
 def _encode_jpeg2000(rgb: np.ndarray) -> bytes:
     """A lossless .jp2 file (the container holds the provenance XMP), 8 or 16 bits as given.
 
-    OpenCV's writer (OpenJPEG) at its top rate (1000 per mille) is lossless, keeps 16 bits and
-    releases the GIL. Pillow's holds the GIL (13.6 s for a 48 MP RGB output here: every other thread
-    of the process waits) and writes no 16-bit colour; with its colour transform its files were 28%
-    smaller on a synthetic scan. No resolution box is written.
-
-    OpenCV asks for six resolution levels, which need 32 pixels a side: smaller images go through
-    Pillow, which lowers the levels to fit (and writes 8 bits).
+    imagecodecs (OpenJPEG): the reversible wavelet and colour transform, 16 bits kept, and the GIL
+    released. Pillow's encoder holds the GIL (13.6 s for a 48 MP RGB output here: every other
+    thread of the process waits) and writes no 16-bit colour; OpenCV's keeps 16 bits but applies
+    no colour transform (files 32% larger on real photographs). No resolution box is written.
     """
-    if min(rgb.shape[:2]) < 32:
-        buf = io.BytesIO()
-        eight = rgb if rgb.dtype == np.uint8 else (rgb >> 8).astype(np.uint8)
-        Image.fromarray(eight, "RGB").save(buf, format="JPEG2000", irreversible=False, mct=1)
-        return buf.getvalue()
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".jp2", bgr, [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, 1000])
-    if not ok:
-        raise ScanError("OpenCV could not encode a JPEG 2000 file")
-    return buf.tobytes()
+    return bytes(imagecodecs.jpeg2k_encode(rgb, codecformat="jp2", reversible=True, mct=True, numthreads=1))
 
 
 def _encode_16bit(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -> bytes:
