@@ -12,6 +12,7 @@ from colorize.c2pa_signing import C2PA_ASSERTION, C2PA_MIME, C2PA_SETTINGS, c2pa
 from colorize.provenance import (
     DIGITAL_SOURCE_TYPE,
     UNMARKED_FORMATS,
+    UNSIGNED_FORMATS,
     ProvenanceError,
     exiv2_decoded,
     exiv2_reading,
@@ -177,10 +178,13 @@ def describe(report: dict[str, Any]) -> Iterator[str]:
     ):  # fmt: skip
         if report.get(key):
             yield f"{label}: {report[key]}"
-    yield from _describe_c2pa(report.get("c2pa"))
+    yield from _describe_c2pa(report.get("c2pa"), report.get("format", ""))
 
 
-def _describe_c2pa(manifest: dict[str, Any] | None) -> Iterator[str]:
+def _describe_c2pa(manifest: dict[str, Any] | None, fmt: str) -> Iterator[str]:
+    if manifest is None and fmt in UNSIGNED_FORMATS:
+        yield f"C2PA: none (the format, {fmt}, has no C2PA binding)"
+        return
     if manifest is None:
         yield "C2PA: no manifest"
         return

@@ -113,7 +113,7 @@ def test_pixel_limit_is_checked_before_decoding():
         (encode(gray_image(400, 400), "JPEG")[:20000], "truncated image data: the file ends early"),
         (encode(GRAY, "PNG")[:60] + b"\x00" * 400, "(truncated|corrupt) image data"),
         (b"GIF89a" + b"\x00" * 50, "(unsupported image format|corrupt|not an image)"),
-        (encode(gray_image(300, 300), "JPEG2000")[:20000], "corrupt or truncated image data: OpenJPEG could not decode it"),
+        (encode(gray_image(300, 300), "JPEG2000")[:20000], "corrupt or truncated image data: OpenJPEG could not"),
     ],
     ids=["zero-byte", "non-image", "truncated-header", "truncated-data", "corrupt-png", "gif", "truncated-jp2"],
 )

@@ -410,6 +410,9 @@ def test_signed_outputs_validate_and_tampering_is_reported(prefect_api_url, cert
 
     plain = runner.invoke(app, ["inspect", str(src / "b.png")])
     assert plain.exit_code == 0 and "provenance: none" in plain.output and "C2PA: no manifest" in plain.output
+    unsignable = runner.invoke(app, ["inspect", str(dest / "f.jp2")])
+    assert unsignable.exit_code == 0 and "(machine-coloured)" in unsignable.output
+    assert "C2PA: none (the format, JPEG2000, has no C2PA binding)" in unsignable.output
 
 
 def test_a_jpeg_2000_scan_is_named_as_the_signed_outputs_parent_by_uri_and_hash(certs):
