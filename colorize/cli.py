@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from colorize.imaging import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
+from colorize.server_orphans import stop_orphaned_prefect_servers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Colorize scanned black-and-white photographs.")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and promote registered models.")
@@ -95,6 +96,7 @@ def run(
     from colorize.storage import StorageError
     from flows.colorize_archive import colorize_archive
 
+    stop_orphaned_prefect_servers()
     try:
         summary = colorize_archive(
             source=source, dest=dest, model=model, registry=registry, batch_size=batch_size,
@@ -150,6 +152,7 @@ def train(
     from colorize.training.trainer import TrainConfig
     from flows.retrain import retrain
 
+    stop_orphaned_prefect_servers()
     try:
         cfg = TrainConfig(
             color_mode=color_mode, width=width, depth=depth, image_size=image_size, load_size=load_size,
@@ -275,8 +278,10 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     )
     # SIGTERM (a scheduler's timeout, systemd, Kubernetes) ends the process without running exit
     # handlers, and one of Prefect's stops the temporary API server it started: it would be left
-    # running, orphaned. Unwinding as an exit runs them (Prefect's flow engine, which takes SIGTERM
-    # over during a flow run, hands it back here once it has marked the run crashed).
+    # running, orphaned (as it is after a SIGKILL, which no handler sees: the next run or train
+    # command stops such servers, colorize.server_orphans). Unwinding as an exit runs them
+    # (Prefect's flow engine, which takes SIGTERM over during a flow run, hands it back here once
+    # it has marked the run crashed).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 

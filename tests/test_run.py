@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -316,11 +317,10 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.slow
-def test_a_terminated_run_stops_the_prefect_server_it_started(tmp_path, tiny_model):
-    """SIGTERM (a scheduler's timeout) mid-run: the run exits 143 and leaves no Prefect server behind."""
+def _run_with_its_own_server(tmp_path: Path, model: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A ``colorize run`` with no Prefect API configured (so it starts its own server), caught well
+    inside its flow run. Returns the process, its server's port, and its destination."""
     import re
-    import signal
     import time
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -329,7 +329,7 @@ def test_a_terminated_run_stops_the_prefect_server_it_started(tmp_path, tiny_mod
     for i in range(200):
         write(src / f"s{i:03d}.png", encode(gray_image(40, 50, seed=i), "PNG"))
     log = tmp_path / "stderr.txt"
-    args = ["run", str(src), str(dest), "--model", str(tiny_model), "--shard-size", "2", "--batch-size", "1"]
+    args = ["run", str(src), str(dest), "--model", str(model), "--shard-size", "2", "--batch-size", "1"]
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "colorize.cli", *args], env=env, stdout=subprocess.DEVNULL,
                                 stderr=err)  # fmt: skip
@@ -341,6 +341,20 @@ def test_a_terminated_run_stops_the_prefect_server_it_started(tmp_path, tiny_mod
             time.sleep(0.05)
         port = int(re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", log.read_text()).group(1))
         assert _listening(port)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, port, dest
+
+
+@pytest.mark.slow
+def test_a_terminated_run_stops_the_prefect_server_it_started(tmp_path, tiny_model):
+    """SIGTERM (a scheduler's timeout) mid-run: the run exits 143 and leaves no Prefect server behind."""
+    import signal
+
+    proc, port, dest = _run_with_its_own_server(tmp_path, tiny_model)
+    try:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     finally:
@@ -348,6 +362,28 @@ def test_a_terminated_run_stops_the_prefect_server_it_started(tmp_path, tiny_mod
         proc.wait()
     assert not _listening(port), "the run's Prefect server outlived it"
     assert len(list(dest.glob("*.png"))) < 200  # it was stopped mid-run, not after the end
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="orphaned servers are found through /proc (Linux)")
+def test_the_server_of_a_killed_run_is_stopped_by_the_next_command(tmp_path, tiny_model, cli_env):
+    """SIGKILL (the out-of-memory killer) runs no exit code: the server is orphaned, and the next
+    ``colorize`` command that runs a flow stops it."""
+    import time
+
+    proc, port, _ = _run_with_its_own_server(tmp_path / "killed", tiny_model)
+    proc.kill()
+    proc.wait()
+    time.sleep(1)
+    assert _listening(port)  # orphaned: nobody stopped it
+    write(tmp_path / "next" / "a.png", encode(gray_image(40, 50), "PNG"))
+    after = _cli(["run", str(tmp_path / "next"), str(tmp_path / "next-out"), "--model", str(tiny_model)], cli_env)
+    assert after.returncode == 0, after.stderr
+    assert re.search(r"stopped \d+ temporary Prefect server\(s\) left running by killed colorize", after.stderr)
+    deadline = time.time() + 30
+    while _listening(port) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _listening(port), "the orphaned server is still running"
 
 
 def test_library_never_imports_prefect():
