@@ -3,15 +3,18 @@
     python bench/plan_memory.py [--keys 200000] [--workdir DIR]
 
 Makes KEYS empty scan files in folders of 1000, and a ledger at the destination that knows every
-one of them (as the nightly run over a finished collection sees it). Then plans a run over them and
+one of them (as the nightly run over a finished collection sees it). Then plans a run over them, in
+a fresh process (what making the collection left in the allocator would blur the figures), and
 prints the resident memory before, at its peak, and the growth, with the number of planned items.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -86,10 +89,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=200_000)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: plan only, in a child
     args = parser.parse_args()
+    if args.measure is not None:
+        print(json.dumps(measure(args.measure)))
+        return
     root = args.workdir or Path(tempfile.mkdtemp(prefix="colorize-plan-"))
     make_collection(root, args.keys)
-    result = measure(root)
+    child = [sys.executable, __file__, "--measure", str(root)]
+    out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
     print(" ".join(f"{k}={v}" for k, v in result.items()))
     if not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
