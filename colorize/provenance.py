@@ -25,6 +25,7 @@ packets from scans are parsed with ``defusedxml``.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import uuid
@@ -37,8 +38,10 @@ from typing import Any
 import defusedxml.ElementTree as SafeET
 import pyexiv2
 from defusedxml import DefusedXmlException
+from PIL import Image
 
 from colorize import __version__
+from colorize.imaging import dpi_of, with_jp2_resolution
 from colorize.jpeg_segments import carries_metadata, exif_segment, with_app1, xmp_segment
 
 log = logging.getLogger(__name__)
@@ -490,11 +493,20 @@ def embed(output: bytes, fmt: str, source: bytes | SourceMetadata, info: Provena
     if fmt == "JPEG" and not meta.exif and not meta.iptc and (plain := _embed_plain_jpeg(output, info, packet)):
         return plain
     try:
-        return _write(output, _output_exif(meta.exif, info, fmt), _output_iptc(meta.iptc, info, fmt), packet.decode())
+        marked = _write(output, _output_exif(meta.exif, info, fmt), _output_iptc(meta.iptc, info, fmt), packet.decode())
     except (RuntimeError, ValueError) as err:
         # A scan's odd EXIF/IPTC value must not cost its output: write ours, with the scan's XMP.
         log.warning("%s: the scan's EXIF/IPTC is not carried over: %s", info.source_uri, err)
-        return _write(output, _output_exif({}, info, fmt), {}, packet.decode())
+        marked = _write(output, _output_exif({}, info, fmt), {}, packet.decode())
+    return _resolution_kept(output, marked) if fmt == "JPEG2000" else marked
+
+
+def _resolution_kept(before: bytes, after: bytes) -> bytes:
+    """exiv2 writes a .jp2 file's header box anew, without its resolution box: put it back."""
+    dpi = dpi_of(Image.open(io.BytesIO(before)))
+    if dpi is None or dpi_of(Image.open(io.BytesIO(after))) is not None:
+        return after
+    return with_jp2_resolution(after, dpi)
 
 
 def _embed_plain_jpeg(output: bytes, info: ProvenanceInfo, packet: bytes) -> bytes | None:

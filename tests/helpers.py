@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from colorize.imaging import with_jp2_resolution
 from colorize.model import GeneratorConfig, build_generator, init_weights
 from colorize.modelfile import new_card, save_model
 from colorize.storage import open_storage
@@ -79,7 +80,7 @@ def make_archive(root: Path) -> dict[str, str]:
         "nested/c16.tif": (encode(gray_image(80, 100, seed=2, dtype=np.uint16), "TIFF"), "colorized"),
         "d.webp": (encode(gray_image(64, 96, seed=3), "WEBP", quality=90), "colorized"),
         "e.bmp": (encode(gray_image(50, 60, seed=4), "BMP"), "colorized"),
-        "nested/f.jp2": (encode(gray_image(72, 88, seed=5), "JPEG2000"), "colorized"),
+        "nested/f.jp2": (with_jp2_resolution(encode(gray_image(72, 88, seed=5), "JPEG2000"), (400, 400)), "colorized"),
         "pages.tif": (pages.getvalue(), "colorized"),
         "rotated.jpg": (buf.getvalue(), "colorized"),
         "sepia.jpg": (encode(sepia, "JPEG", quality=90), "colorized"),

@@ -127,7 +127,7 @@ def test_outputs_keep_format_bit_depth_and_dpi():
     for fmt in ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "JPEG2000"):
         img = Image.open(io.BytesIO(encode_image(rgb, fmt, dpi=(300, 300))))
         assert img.format == fmt and img.size == (40, 30) and img.mode == "RGB"
-        if fmt in ("JPEG", "PNG", "TIFF"):
+        if fmt in ("JPEG", "PNG", "TIFF", "JPEG2000"):
             assert tuple(round(v) for v in img.info["dpi"]) == (300, 300)
         if fmt == "JPEG2000":  # lossless, in a .jp2 container (which holds the provenance XMP)
             assert (np.asarray(img) == rgb).all() and img.get_format_mimetype() == "image/jp2"

@@ -89,6 +89,7 @@ def test_first_run_colorizes_every_gray_scan_at_full_resolution(run, tmp_path, t
     jp2_gray = decode_scan((src / "nested/f.jp2").read_bytes()).gray.astype(int)
     assert np.abs(decode_scan((dest / "nested/f.jp2").read_bytes()).gray.astype(int) - jp2_gray).max() <= 2
     assert tuple(round(v) for v in Image.open(dest / "a.jpg").info["dpi"]) == (300, 300)
+    assert tuple(round(v) for v in Image.open(dest / "nested/f.jp2").info["dpi"]) == (400, 400)
     assert by_key["bad/empty.jpg"].reason == "empty file (0 bytes)"
     assert by_key["bad/text.jpg"].reason.startswith("not an image")
     assert by_key["bad/truncated.jpg"].reason.startswith("truncated image")
