@@ -207,12 +207,13 @@ class ShardProcessor:
 
     def _deliver(self, p: _Prepared, encoded: bytes) -> ManifestRow:
         """Mark an encoded output with its provenance, write it, and make its row."""
-        data, provenance = self._mark(p, encoded)
+        lost: list[str] = []
+        data, provenance = self._mark(p, encoded, lost)
         self.dest.write_bytes(p.item.output_key, data, content_type(p.item.output_format))
         # Not a failure, but part of the source is not in the output: the record says so.
         pages = p.scan.pages
         notes = [f"page 1 of {pages} colorized; the other pages are not in the output" if pages > 1 else ""]
-        notes.append(p.source_meta.problem)
+        notes += [p.source_meta.problem, *lost]
         return self._row(
             p.item, "colorized", "; ".join(n for n in notes if n), output_uri=self.dest.uri_for(p.item.output_key),
             output_sha256=hashlib.sha256(data).hexdigest(), model_id=self.colorizer.model_id,
@@ -220,13 +221,14 @@ class ShardProcessor:
             seconds=round(time.perf_counter() - p.started, 4), **self._scan_fields(p.scan, p.sha256),
         )  # fmt: skip
 
-    def _mark(self, p: _Prepared, data: bytes) -> tuple[bytes, str]:
-        """Embed provenance (and a C2PA signature when signing) in an encoded output; say which it got."""
+    def _mark(self, p: _Prepared, data: bytes, lost: list[str]) -> tuple[bytes, str]:
+        """Embed provenance (and a C2PA signature when signing) in an encoded output; say which it got.
+        What of the scan's metadata the output could not hold is added to ``lost``."""
         fmt = p.item.output_format
         info = ProvenanceInfo(
             self.source.uri_for(p.item.key), p.sha256, self.colorizer.model_id, self.model_sha256, self.opts.run_id
         )
-        data = embed(data, fmt, p.source_meta, info)
+        data = embed(data, fmt, p.source_meta, info, lost)
         if self.signing_key is None or p.source_bytes is None or provenance_kind(fmt, True) != XMP_C2PA:
             return data, provenance_kind(fmt, False)
         title = p.item.output_key.rpartition("/")[2]

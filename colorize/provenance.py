@@ -473,7 +473,21 @@ def _write(output: bytes, exif: dict[str, Any], iptc: dict[str, Any], packet: st
         return img.get_bytes()
 
 
-def embed(output: bytes, fmt: str, source: bytes | SourceMetadata, info: ProvenanceInfo) -> bytes:
+def _dropped(written: bytes, exif: dict[str, Any], iptc: dict[str, Any]) -> list[str]:
+    """The EXIF and IPTC keys asked for that the written file lacks.
+
+    exiv2 leaves out, without an error, what its container cannot hold: an EXIF block over a
+    JPEG segment's 64 KB, say (a 70 kB Artist tag vanished from a JPEG and a PNG output, and
+    stayed in a TIFF one).
+    """
+    with exiv2_reading(written) as img:
+        have = set(exiv2_decoded(img.read_exif)) | (set(exiv2_decoded(img.read_iptc)) if iptc else set())
+    return sorted(k for k in (*exif, *iptc) if k not in have)
+
+
+def embed(
+    output: bytes, fmt: str, source: bytes | SourceMetadata, info: ProvenanceInfo, lost: list[str] | None = None
+) -> bytes:
     """The output's bytes with provenance and the scan's descriptive metadata embedded.
 
     Args:
@@ -481,6 +495,8 @@ def embed(output: bytes, fmt: str, source: bytes | SourceMetadata, info: Provena
         fmt: its Pillow format name. ``BMP`` is returned unchanged: it has no place for metadata.
         source: the scan's bytes, or its :func:`source_metadata` read earlier.
         info: what to say.
+        lost: when given, gets a sentence for each part of the scan's metadata that could not be
+            written into the output (the caller records it in the output's row).
 
     Raises:
         RuntimeError: exiv2 could not write the output (the caller records the file as failed:
@@ -492,12 +508,20 @@ def embed(output: bytes, fmt: str, source: bytes | SourceMetadata, info: Provena
     packet = provenance_xmp(info, meta.xmp)
     if fmt == "JPEG" and not meta.exif and not meta.iptc and (plain := _embed_plain_jpeg(output, info, packet)):
         return plain
+    exif, iptc = _output_exif(meta.exif, info, fmt), _output_iptc(meta.iptc, info, fmt)
+    said = ""
     try:
-        marked = _write(output, _output_exif(meta.exif, info, fmt), _output_iptc(meta.iptc, info, fmt), packet.decode())
+        marked = _write(output, exif, iptc, packet.decode())
+        if dropped := _dropped(marked, exif, iptc) if meta.exif or meta.iptc else []:
+            said = f"not in the output, as the {fmt} file could not hold it: the scan's {', '.join(dropped)}"
     except (RuntimeError, ValueError) as err:
         # A scan's odd EXIF/IPTC value must not cost its output: write ours, with the scan's XMP.
-        log.warning("%s: the scan's EXIF/IPTC is not carried over: %s", info.source_uri, err)
         marked = _write(output, _output_exif({}, info, fmt), {}, packet.decode())
+        said = f"the scan's EXIF/IPTC could not be written and is not in the output ({err})"
+    if said:
+        log.warning("%s: %s", info.source_uri, said)
+        if lost is not None:
+            lost.append(said)
     return _resolution_kept(output, marked) if fmt == "JPEG2000" else marked
 
 

@@ -309,6 +309,22 @@ def test_reruns_carry_provenance_and_outputs_are_refused_as_sources(marked, tiny
     assert outputs["e.bmp"].status == ("skipped_color" if bmp_is_colour else "colorized")
 
 
+def test_metadata_an_output_cannot_hold_is_named_in_its_row(prefect_api_url, tiny_model, tmp_path):
+    from flows.colorize_archive import colorize_archive
+
+    exif = Image.Exif()
+    exif[0x013B] = "A. Photographer; " * 4500  # 76 kB: more than a JPEG's EXIF segment holds
+    exif[0x8298] = SOURCE_RIGHTS
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    write(src / "long.tif", encode(gray_image(60, 80), "TIFF", exif=exif))
+    summary = colorize_archive(source=str(src), dest=str(dest), model=str(tiny_model), output_format="jpeg")
+    row = _rows(dest, summary.run_id)["long.tif"]
+    assert row.status == "colorized"
+    assert row.reason == "not in the output, as the JPEG file could not hold it: the scan's Exif.Image.Artist"
+    out = Image.open(dest / "long.jpg").getexif()
+    assert out[0x8298] == SOURCE_RIGHTS and 0x013B not in out  # the rest was carried over
+
+
 def test_manifest_columns_are_appended_and_older_manifests_read(tmp_path):
     assert COLUMNS[-3:] == ["provenance", "model_sha256", "colour_method"]
     row = ManifestRow(run_id="r", source_uri="a.jpg", source_size=1, source_mtime="t", status="colorized")
