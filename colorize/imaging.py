@@ -194,13 +194,12 @@ def _checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _load_upright(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int, str, tuple[float, float] | None]:
-    """Open, check, decode the first page and apply EXIF orientation.
+def _load_upright(img: Image.Image) -> tuple[Image.Image, str, int, str, tuple[float, float] | None]:
+    """Decode the first page of an image :func:`_checked` opened and apply EXIF orientation.
 
     Returns:
         (upright image, format name, page count, original mode, dpi).
     """
-    img = _checked(data, max_pixels)
     fmt = img.format or "unknown"
     pages = int(getattr(img, "n_frames", 1) or 1)
     mode, dpi = img.mode, dpi_of(img)
@@ -252,7 +251,7 @@ def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     if (header := _checked(data, max_pixels)).format == "JPEG2000":
         gray, preview, bit_depth = _jpeg2000_gray(data)
         return Scan(gray, preview, header.mode, bit_depth, "JPEG2000", 1, dpi_of(header))
-    img, fmt, pages, mode, dpi = _load_upright(data, max_pixels)
+    img, fmt, pages, mode, dpi = _load_upright(header)
     try:
         gray, preview, bit_depth = _to_gray(img)
     except (OSError, ValueError) as err:
@@ -266,7 +265,7 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     Raises:
         ScanError: as :func:`decode_scan`.
     """
-    img, *_ = _load_upright(data, max_pixels)
+    img, *_ = _load_upright(_checked(data, max_pixels))
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F", "1", "L", "LA", "La"):
         gray, _, bit_depth = _to_gray(img)
         gray8 = gray if bit_depth == 8 else (gray >> 8).astype(np.uint8)
