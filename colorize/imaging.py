@@ -217,7 +217,7 @@ def _load_upright(img: Image.Image) -> tuple[Image.Image, str, int, str, tuple[f
 def _jpeg2000_gray(data: bytes) -> tuple[np.ndarray, np.ndarray | None, int]:
     """A JPEG 2000 file's pixels through imagecodecs: (gray (H, W), colour preview or None, bit depth).
 
-    imagecodecs' OpenJPEG releases the GIL; Pillow's holds it (3.9 s for a 48 MP scan here, during
+    imagecodecs' OpenJPEG releases the GIL; Pillow's holds it (4.0 s for a 48 MP scan here, during
     which no other thread of the process runs), so readers in threads decode JPEG 2000 in
     parallel only this way. 16-bit gray stays 16-bit; colour is reduced to 8 bits, as Pillow does.
     """
@@ -351,9 +351,10 @@ def _encode_jpeg2000(rgb: np.ndarray, dpi: tuple[float, float] | None) -> bytes:
     the resolution recorded when there is one.
 
     imagecodecs (OpenJPEG): the reversible wavelet and colour transform, 16 bits kept, and the GIL
-    released. Pillow's encoder holds the GIL (13.6 s for a 48 MP RGB output here: every other
+    released. Pillow's encoder holds the GIL (8.8 s for a 48 MP RGB output here: every other
     thread of the process waits) and writes no 16-bit colour; OpenCV's keeps 16 bits but applies
-    no colour transform (files 32% larger on real photographs). Neither library writes a resolution.
+    no colour transform (files 52% larger). Figures: ``bench/jp2_codec.py``, in bench/RESULTS.md.
+    Neither library writes a resolution.
     """
     data = bytes(imagecodecs.jpeg2k_encode(rgb, codecformat="jp2", reversible=True, mct=True, numthreads=1))
     return with_jp2_resolution(data, dpi) if dpi else data
