@@ -127,6 +127,10 @@ def train(
     min_crop_scale: Annotated[
         float, typer.Option(help="Crops take this share of load-size or more, then are resized to image-size.")
     ] = 0.895,
+    blur_probability: Annotated[
+        float, typer.Option(help="Share of crops blurred whole, as out-of-focus backgrounds are (0 = off).")
+    ] = 0.0,
+    blur_sigma: Annotated[float, typer.Option(help="Largest blur (Gaussian sigma, pixels of a crop).")] = 8.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
     decay_epoch: Annotated[int, typer.Option(help="Linear decay to 0 starts after this epoch.")] = 100,
@@ -156,7 +160,7 @@ def train(
     try:
         cfg = TrainConfig(
             color_mode=color_mode, width=width, depth=depth, image_size=image_size, load_size=load_size,
-            min_crop_scale=min_crop_scale, epochs=epochs,
+            min_crop_scale=min_crop_scale, blur_probability=blur_probability, blur_sigma=blur_sigma, epochs=epochs,
             batch_size=batch_size, lr=lr, decay_epoch=decay_epoch, lambda_l1=lambda_l1,
             lambda_smooth=lambda_smooth,
             l1_warmup_epochs=l1_warmup_epochs, ema_decay=ema_decay, val_fraction=val_fraction,

@@ -7,7 +7,6 @@ standard library's ElementTree wherever possible, so that one library does not v
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
@@ -20,13 +19,10 @@ import numpy as np
 import pandas as pd
 import pyexiv2
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from PIL import Image, IptcImagePlugin
 from typer.testing import CliRunner
 
+from bench.provenance_cost import measure, scanner_file, throwaway_chain
 from colorize import __version__, provenance
 from colorize.c2pa_signing import load_signing_key, sign_c2pa
 from colorize.cli import app
@@ -42,6 +38,7 @@ from colorize.provenance import (
     ProvenanceInfo,
     embed,
     provenance_xmp,
+    source_metadata,
 )
 from colorize.provenance_read import read_provenance
 from colorize.storage import open_storage
@@ -89,65 +86,10 @@ def _scans(root: Path) -> Path:
     return root
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "T")])
-
-
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None, ca_key, leaf: bool, eku=True):
-    """ES256 certificates as C2PA wants them: a CA, and leaves with digitalSignature (+ an accepted EKU)."""
-    now = dt.datetime.now(dt.UTC)
-    usage = dict.fromkeys(("content_commitment", "key_encipherment", "data_encipherment", "key_agreement"), False)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer.subject if issuer else _name(subject))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=not leaf, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=leaf,
-                key_cert_sign=not leaf,
-                crl_sign=not leaf,
-                encipher_only=False,
-                decipher_only=False,
-                **usage,
-            ),
-            critical=True,
-        )  # fmt: skip
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-    if leaf and eku:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-    return builder.sign(ca_key, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A throwaway chain: a root CA, a good leaf, and a leaf without an extended key usage."""
-    folder = tmp_path_factory.mktemp("certs")
-    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    root = _cert("Test Root CA", root_key, None, root_key, leaf=False)
-    key_pem = leaf_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    files = {
-        "root": _pem(root),
-        "chain": _pem(_cert("Test Archive Signer", leaf_key, root, root_key, leaf=True)) + _pem(root),
-        "no_eku": _pem(_cert("No EKU", leaf_key, root, root_key, leaf=True, eku=False)) + _pem(root),
-        "key": key_pem,
-    }
-    return {name: write(folder / f"{name}.pem", data) for name, data in files.items()}
+    return throwaway_chain(tmp_path_factory.mktemp("certs"))
 
 
 # --- reading files back (Pillow + ElementTree, not exiv2) -----------------------------------------
@@ -489,3 +431,11 @@ def test_plain_jpegs_are_marked_as_bytes_saying_what_exiv2_would():
         assert "modèle@cd" in img.read_exif()["Exif.Image.ImageDescription"]
     twice = embed(quick, "JPEG", scan, accented)
     assert read_provenance(twice)["model_id"] == "modèle@cd" and twice.count(b"Exif\x00\x00") == 1
+
+
+def test_the_provenance_cost_benchmark_measures_a_scan_that_carries_metadata(certs):
+    scan = scanner_file("JPEG")
+    assert "Harbour, 1921" in source_metadata(scan).xmp  # the read step has something to read
+    result = measure("JPEG", 1, certs)
+    assert min(result[f"{step}_ms"] for step in ("base", "read", "embed", "sign")) > 0
+    assert result["embed_added_bytes"] > 1000 and result["sign_added_bytes"] > 1000

@@ -17,7 +17,7 @@ from colorize.color import luma
 from colorize.registry import Registry
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import is_better
-from colorize.training.trainer import TrainConfig, edge_aware_smoothness, lr_factor
+from colorize.training.trainer import TrainConfig, _Batches, edge_aware_smoothness, lr_factor
 from tests.helpers import colour_image, encode, gray_image, write
 
 TINY = dict(width=8, depth=6, image_size=64, load_size=72, batch_size=4, epochs=2, eval_every=1, checkpoint_every=1,
@@ -121,6 +121,31 @@ def test_smoothness_loss_charges_colour_changes_where_the_gray_is_flat_only():
     gray[..., 8:] = 0.6  # the gray has an edge in the same place
     assert float(edge_aware_smoothness(step, gray)) < 0.001 * flat
     assert TrainConfig().lambda_smooth == 0.0  # off unless asked for
+
+
+def _roughness(t: torch.Tensor) -> float:
+    return float((t[..., 1:] - t[..., :-1]).abs().mean())
+
+
+def test_blur_augmentation_blurs_input_and_target_alike_and_only_when_asked(tmp_path):
+    # Foliage-like: a colour photo under a fine texture (4 px squares), in focus.
+    squares = (np.indices((72, 72)) // 4).sum(axis=0) % 2
+    leaves = (_colour(0, 72) * (0.5 + 0.5 * squares[..., None])).astype(np.uint8)
+    write(tmp_path / "photos/leaves.png", encode(leaves, "PNG"))
+    pairs, _ = load_pairs(discover_pairs(str(tmp_path / "photos"))[0])
+    cfg = TrainConfig(**TINY)
+    sharp_x, sharp_y = _Batches(cfg, pairs).batch([0], np.random.default_rng(3))
+    # Off by default, and a run without it draws the crops it always drew whatever blur_sigma says.
+    assert cfg.blur_probability == 0
+    same_x, _ = _Batches(TrainConfig(**TINY, blur_sigma=3), pairs).batch([0], np.random.default_rng(3))
+    assert torch.equal(sharp_x, same_x)
+
+    blurred = _Batches(TrainConfig(**TINY, blur_probability=1.0, blur_sigma=4), pairs)
+    x, y = blurred.batch([0], np.random.default_rng(3))  # the same crop and flip: they are drawn first
+    assert _roughness(x) < 0.7 * _roughness(sharp_x) and _roughness(y) < 0.7 * _roughness(sharp_y)
+    assert abs(float(x.mean() - sharp_x.mean())) < 0.02  # a blur, not a change of exposure
+    with pytest.raises(ValueError, match="blur"):
+        TrainConfig(blur_probability=1.5)
 
 
 def test_promotion_criterion():

@@ -58,6 +58,10 @@ class TrainConfig:
     image_size: int = 256  # training crop side
     load_size: int = 286  # images are held at load_size x load_size (the notebook's 286 jitter)
     min_crop_scale: float = 0.895  # crops take [min, 1] of load_size, resized to image_size (256/286)
+    # Share of crops blurred whole (0 = off), by a Gaussian of sigma drawn from [1, blur_sigma] pixels
+    # at image_size: a sharp photo's foliage, blurred, is a labelled example of an out-of-focus one.
+    blur_probability: float = 0.0
+    blur_sigma: float = 8.0
     epochs: int = 100
     batch_size: int = 1  # pix2pix's
     lr: float = 2e-4
@@ -90,6 +94,8 @@ class TrainConfig:
             )
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError("min_crop_scale must be in (0, 1]")
+        if not 0 <= self.blur_probability <= 1 or self.blur_sigma < 1:
+            raise ValueError("blur_probability must be in [0, 1] and blur_sigma at least 1")
 
     def generator_config(self) -> GeneratorConfig:
         cin, cout = (1, 2) if self.color_mode == "lab" else (3, 3)
@@ -167,11 +173,19 @@ class _Batches(torch.utils.data.Dataset):
         side = int(round(s * rng.uniform(cfg.min_crop_scale, 1.0)))
         y, x = int(rng.integers(0, s - side + 1)), int(rng.integers(0, s - side + 1))
         flip = bool(rng.random() < 0.5)
+        # Drawn only when on, so that runs without blur draw the crops they always drew.
+        sigma = (
+            float(rng.uniform(1.0, cfg.blur_sigma))
+            if cfg.blur_probability and rng.random() < cfg.blur_probability
+            else 0.0
+        )
         out = []
         for img in (self.gray[i], self.rgb[i]):
             crop = img[y : y + side, x : x + side]
             interp = cv2.INTER_AREA if side > cfg.image_size else cv2.INTER_LINEAR
             crop = cv2.resize(crop, (cfg.image_size, cfg.image_size), interpolation=interp)
+            if sigma:
+                crop = cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
             out.append(crop[:, ::-1] if flip else crop)
         return out[0], out[1]
 
