@@ -41,7 +41,7 @@ from colorize.c2pa_signing import load_signing_key, sign_c2pa  # noqa: E402
 from colorize.color import merge_chroma  # noqa: E402
 from colorize.engine import model_input  # noqa: E402
 from colorize.imaging import decode_scan, encode_image  # noqa: E402
-from colorize.provenance import ProvenanceInfo, embed, source_metadata  # noqa: E402
+from colorize.provenance import ProvenanceInfo, SourceMetadata, embed, source_metadata  # noqa: E402
 
 SIZE = (1600, 1200)
 SCANNER_XMP = (
@@ -117,9 +117,10 @@ def throwaway_chain(folder: Path) -> dict[str, Path]:
         ),
     }
     folder.mkdir(parents=True, exist_ok=True)
+    paths = {kind: folder / f"{kind}.pem" for kind in files}
     for kind, data in files.items():
-        (folder / f"{kind}.pem").write_bytes(data)
-    return {kind: folder / f"{kind}.pem" for kind in files}
+        paths[kind].write_bytes(data)
+    return paths
 
 
 def scanner_file(fmt: str) -> bytes:
@@ -157,19 +158,23 @@ def measure(fmt: str, repeat: int, certs: dict[str, Path]) -> dict[str, float]:
         small = model_input(scan.gray)
         return encode_image(merge_chroma(scan.gray, ab, small), fmt, scan.dpi)
 
+    def read() -> SourceMetadata:
+        return source_metadata(scan_bytes, info.source_uri)
+
+    def embedding() -> bytes:
+        return embed(encoded, fmt, meta, info, [])
+
+    def signing() -> bytes:
+        return sign_c2pa(embedded, fmt, info, key, source=scan_bytes, source_format=fmt, title="harbour")
+
     encoded = base()
-    meta = source_metadata(scan_bytes, info.source_uri)
-    embedded = embed(encoded, fmt, meta, info, [])
-    signed = sign_c2pa(embedded, fmt, info, key, source=scan_bytes, source_format=fmt, title="harbour")
+    meta = read()
+    embedded = embedding()
+    signed = signing()
+    steps = {"base": base, "read": read, "embed": embedding, "sign": signing}
     return {
         "scan_bytes": len(scan_bytes),
-        "base_ms": cpu_ms(base, repeat),
-        "read_ms": cpu_ms(lambda: source_metadata(scan_bytes, info.source_uri), repeat),
-        "embed_ms": cpu_ms(lambda: embed(encoded, fmt, meta, info, []), repeat),
-        "sign_ms": cpu_ms(
-            lambda: sign_c2pa(embedded, fmt, info, key, source=scan_bytes, source_format=fmt, title="harbour"),
-            repeat,
-        ),
+        **{f"{step}_ms": cpu_ms(fn, repeat) for step, fn in steps.items()},
         "output_bytes": len(encoded),
         "embed_added_bytes": len(embedded) - len(encoded),
         "sign_added_bytes": len(signed) - len(embedded),
