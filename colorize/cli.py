@@ -138,6 +138,9 @@ def train(
     lambda_smooth: Annotated[
         float, typer.Option(help="Weight of a loss on chroma that changes where the gray does not (0 = off).")
     ] = 0.0,
+    rebalance: Annotated[
+        float, typer.Option(help="Weight the L1 loss towards rare colours: 0 = off, 1 = Zhang et al.'s weights.")
+    ] = 0.0,
     l1_warmup_epochs: Annotated[int, typer.Option(help="Epochs of L1 alone before the GAN loss.")] = 0,
     ema_decay: Annotated[float, typer.Option(help="EMA of generator weights (0 = off).")] = 0.0,
     color_mode: Annotated[str, typer.Option(help="lab (default) or rgb (the notebook's).")] = "lab",
@@ -162,7 +165,7 @@ def train(
             color_mode=color_mode, width=width, depth=depth, image_size=image_size, load_size=load_size,
             min_crop_scale=min_crop_scale, blur_probability=blur_probability, blur_sigma=blur_sigma, epochs=epochs,
             batch_size=batch_size, lr=lr, decay_epoch=decay_epoch, lambda_l1=lambda_l1,
-            lambda_smooth=lambda_smooth,
+            lambda_smooth=lambda_smooth, rebalance=rebalance,
             l1_warmup_epochs=l1_warmup_epochs, ema_decay=ema_decay, val_fraction=val_fraction,
             eval_every=eval_every, checkpoint_every=checkpoint_every, seed=seed, device=device.value,
         )  # fmt: skip

@@ -149,18 +149,24 @@ def mean_ab(images: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def sample_grid(rows: Sequence[tuple[np.ndarray, ...]], cell: int = 160) -> np.ndarray:
-    """Tile images into a grid, one tuple per row (e.g. gray, output, truth); (H, W, 3) uint8 out."""
+    """Tile images into a grid, one tuple per row (e.g. gray, output, truth); (H, W, 3) uint8 out.
+
+    Each image is shrunk to fit ``cell`` pixels on its long side and centred in a column ``cell``
+    wide; a row is as tall as its tallest image, so landscape photos are not boxed in white.
+    """
     tiles = []
     for row in rows:
-        cells = []
+        smalls = []
         for img in row:
             rgb = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
             h, w = rgb.shape[:2]
             scale = cell / max(h, w)
-            small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-            canvas = np.full((cell, cell, 3), 255, dtype=np.uint8)
-            y, x = (cell - small.shape[0]) // 2, (cell - small.shape[1]) // 2
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            smalls.append(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+        height = max(small.shape[0] for small in smalls)
+        canvas = np.full((height, cell * len(smalls), 3), 255, dtype=np.uint8)
+        for i, small in enumerate(smalls):
+            y, x = (height - small.shape[0]) // 2, i * cell + (cell - small.shape[1]) // 2
             canvas[y : y + small.shape[0], x : x + small.shape[1]] = small
-            cells.append(canvas)
-        tiles.append(np.concatenate(cells, axis=1))
+        tiles.append(canvas)
     return np.concatenate(tiles, axis=0)

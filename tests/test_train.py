@@ -13,11 +13,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from colorize.color import luma
+from colorize.color import luma, normalize_ab, rgb_to_lab
+from colorize.evaluate import sample_grid
 from colorize.registry import Registry
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import is_better
-from colorize.training.trainer import TrainConfig, _Batches, edge_aware_smoothness, lr_factor
+from colorize.training.trainer import (
+    TrainConfig,
+    _Batches,
+    ab_bins,
+    edge_aware_smoothness,
+    lr_factor,
+    rebalance_weights,
+)
 from tests.helpers import colour_image, encode, gray_image, write
 
 TINY = dict(width=8, depth=6, image_size=64, load_size=72, batch_size=4, epochs=2, eval_every=1, checkpoint_every=1,
@@ -148,6 +156,32 @@ def test_blur_augmentation_blurs_input_and_target_alike_and_only_when_asked(tmp_
         TrainConfig(blur_probability=1.5)
 
 
+def test_rebalancing_weights_rare_colours_up_and_keeps_the_loss_size():
+    # Photos that are mostly gray, with a small green patch: green is the rare colour.
+    photos = [np.full((64, 64, 3), 120 + 10 * i, np.uint8) for i in range(3)]
+    for p in photos:
+        p[:8, :8] = (40, 160, 60)
+    green, grey = (40, 160, 60), (130, 130, 130)
+    weights = rebalance_weights(photos, 1.0)
+
+    def weight_of(rgb: tuple[int, int, int], table: torch.Tensor = weights) -> float:
+        ab = normalize_ab(rgb_to_lab(np.array([[rgb]], np.float32) / 255)[..., 1:])
+        return float(table[ab_bins(torch.from_numpy(ab.transpose(2, 0, 1).copy())[None])].item())
+
+    assert weight_of(green) > 2 * weight_of(grey)
+    # The expected weight of a training pixel is 1, so the L1 loss keeps its scale.
+    pixels = np.concatenate([p[::4, ::4].reshape(-1, 3) for p in photos])
+    assert np.mean([weight_of(tuple(int(v) for v in px)) for px in pixels]) == pytest.approx(1.0, rel=1e-4)
+    # Strength is a power on the weights: half of it is the square root of the ratio.
+    half = rebalance_weights(photos, 0.5)
+    ratio_half = weight_of(green, half) / weight_of(grey, half)
+    assert ratio_half == pytest.approx((weight_of(green) / weight_of(grey)) ** 0.5, rel=1e-4)
+    assert torch.all(rebalance_weights(photos, 0.0) == 1)  # strength 0 weighs nothing
+    with pytest.raises(ValueError, match="lab"):
+        TrainConfig(color_mode="rgb", rebalance=1.0)
+    assert TrainConfig().rebalance == 0.0  # off unless asked for
+
+
 def test_promotion_criterion():
     assert is_better({"psnr": 22.0}, None, "psnr")[0]
     assert is_better({"psnr": 22.0}, {"psnr": 21.0}, "psnr")[0]
@@ -257,9 +291,26 @@ def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env
     recipe = json.loads((tmp_path / "b/versions/v1/card.json").read_text())["hyperparameters"]
     assert (recipe["load_size"], recipe["min_crop_scale"]) == (96, 0.5)  # the card records the crops used
 
+    # Resuming a run that had finished registers the same weights again, measured, not unmeasured.
+    again = _cli([*common, "--registry", str(tmp_path / "b"), "--resume", "--no-promote"], cli_env)
+    assert again.returncode == 0 and "registered v2" in again.stdout, again.stderr[-2000:]
+    card = json.loads((tmp_path / "b/versions/v2/card.json").read_text())
+    assert card["metrics"] == hist_a and card["training"]["epochs"] == 6
+    c = load_file(tmp_path / "b/versions/v2/generator.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
     listed = _cli(["models", "list", "--registry", str(tmp_path / "b")], cli_env)
     assert listed.returncode == 0 and listed.stdout.startswith("v1\tproduction\t") and "psnr=" in listed.stdout
     shown = _cli(["models", "show", "v1", "--registry", str(tmp_path / "b")], cli_env)
     assert json.loads(shown.stdout)["version"] == "v1"
     bad = _cli(["models", "promote", "v9", "--registry", str(tmp_path / "b")], cli_env)
     assert bad.returncode != 0 and "v9" in bad.stderr
+
+
+def test_the_sample_grid_keeps_each_photo_whole_and_wastes_no_rows():
+    landscape = _colour(1, 96)[:60]  # 96 x 60
+    portrait = np.ascontiguousarray(_colour(2, 96)[:, :48])  # 48 x 96
+    grid = sample_grid([(luma(landscape), landscape), (luma(portrait), portrait)], cell=64)
+    assert grid.shape == (40 + 64, 128, 3)  # a landscape row is only as tall as its photos
+    assert not np.all(grid[:40] == 255, axis=(1, 2)).any()  # no white band across a row
+    assert np.all(grid[40:, :16] == 255) and not np.all(grid[40:, 16:48] == 255)  # a portrait, centred

@@ -71,6 +71,10 @@ class TrainConfig:
     # Weight of an edge-aware smoothness loss on the predicted chroma (0 = off): colour that varies
     # where the gray does not is a guess the gray cannot support.
     lambda_smooth: float = 0.0
+    # Colour rebalancing of the L1 loss (0 = off, 1 = Zhang et al. 2016's weights, lab mode only):
+    # each target pixel's loss is weighted by how rare its ab is in the training photos, so that
+    # greens and blues are not averaged away into the browns and greys most pixels have.
+    rebalance: float = 0.0
     decay_epoch: int = 100  # linear decay to 0 from here to the last epoch (notebook: none in effect)
     l1_warmup_epochs: int = 0  # epochs of L1 alone before the GAN loss starts
     ema_decay: float = 0.0  # 0 = off; else the exported generator is an EMA of the weights
@@ -96,6 +100,10 @@ class TrainConfig:
             raise ValueError("min_crop_scale must be in (0, 1]")
         if not 0 <= self.blur_probability <= 1 or self.blur_sigma < 1:
             raise ValueError("blur_probability must be in [0, 1] and blur_sigma at least 1")
+        if not 0 <= self.rebalance <= 1:
+            raise ValueError("rebalance must be in [0, 1]")
+        if self.rebalance and self.color_mode != "lab":
+            raise ValueError("rebalance weights ab, so it needs color_mode lab")
 
     def generator_config(self) -> GeneratorConfig:
         cin, cout = (1, 2) if self.color_mode == "lab" else (3, 3)
@@ -226,6 +234,52 @@ def edge_aware_smoothness(pred: torch.Tensor, gray: torch.Tensor, sharpness: flo
         dg = g.diff(dim=dim).abs()
         cost = cost + (dp * torch.exp(-sharpness * dg)).mean()
     return cost
+
+
+REBALANCE_BINS = 22  # ab bins per axis over [-110, 110]: 10 units each, Zhang et al.'s grid
+REBALANCE_MIX = 0.5  # their share of a uniform prior in the smoothed distribution
+
+
+def ab_bins(ab: torch.Tensor, bins: int = REBALANCE_BINS) -> torch.Tensor:
+    """Flat bin index of each pixel's chroma.
+
+    Args:
+        ab: (N, 2, H, W) float, normalised ab (``normalize_ab``: about [-1, 1]).
+
+    Returns:
+        (N, H, W) int64 in [0, bins**2): ``a_bin * bins + b_bin``; values outside [-1, 1] fall in
+        the edge bins.
+    """
+    idx = ((ab + 1) * (bins / 2)).floor().long().clamp_(0, bins - 1)
+    return idx[:, 0] * bins + idx[:, 1]
+
+
+def rebalance_weights(rgbs: Sequence[np.ndarray], strength: float, bins: int = REBALANCE_BINS) -> torch.Tensor:
+    """Loss weight per ab bin, from the chroma of the training photos (Zhang et al. 2016, sec. 2.2).
+
+    The empirical distribution of ab is smoothed (Gaussian, 5 ab units), mixed half and half with a
+    uniform one over the bins the photos use, inverted, raised to ``strength`` and scaled so that
+    the expected weight of a training pixel is 1: the L1 loss keeps its size, and a pixel of a rare
+    colour counts for more than one of the common greys and browns.
+
+    Args:
+        rgbs: uint8 sRGB photos, each (H, W, 3); every 4th pixel of each is counted.
+        strength: 0 gives all ones, 1 the paper's weights.
+
+    Returns:
+        (bins**2,) float32, indexed by :func:`ab_bins`.
+    """
+    counts = torch.zeros(bins * bins, dtype=torch.float64)
+    for rgb in rgbs:
+        ab = normalize_ab(rgb_to_lab(rgb[::4, ::4].astype(np.float32) / 255.0)[..., 1:])
+        idx = ab_bins(torch.from_numpy(np.ascontiguousarray(ab.transpose(2, 0, 1)))[None])
+        counts += torch.bincount(idx.flatten(), minlength=bins * bins).double()
+    p = (counts / counts.sum()).numpy().reshape(bins, bins)
+    smooth = cv2.GaussianBlur(p, (0, 0), 0.5, borderType=cv2.BORDER_CONSTANT).ravel()
+    used = int((counts > 0).sum())
+    weights = (1.0 / ((1 - REBALANCE_MIX) * smooth + REBALANCE_MIX / used)) ** strength
+    weights /= float((p.ravel() * weights).sum())
+    return torch.from_numpy(weights.astype(np.float32))
 
 
 def ema_update(decay: float) -> Callable[..., None]:
@@ -385,7 +439,15 @@ def train(
         start_epoch, spent = int(ckpt["epoch"]) + 1, float(ckpt.get("seconds", 0.0))
         log.info("resumed from epoch %d", start_epoch - 1)
 
-    mse, l1 = nn.MSELoss(), nn.L1Loss()
+    mse = nn.MSELoss()
+    bin_weights = (rebalance_weights(data.rgb, cfg.rebalance) if cfg.rebalance else torch.ones(1)).to(device)
+
+    def l1(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        diff = (fake - target).abs()
+        if not cfg.rebalance:
+            return diff.mean()
+        return (diff * bin_weights[ab_bins(target)][:, None]).mean()
+
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
         if amp
@@ -462,6 +524,8 @@ def train(
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
             save_checkpoint(epoch)
 
+    if val_pairs and report is None:  # resumed at or past its last epoch: nothing ran, measure what it holds
+        report = evaluate_generator(ema.module if ema is not None else G, cfg, gcfg, val_images, val_grays, cfg.device)
     final = copy.deepcopy(ema.module if ema is not None else G).float().cpu().eval()
     metrics = report.as_dict() if report is not None else {}
     grid = None
@@ -478,7 +542,7 @@ def train(
         hyperparameters=asdict(cfg),
         training={
             "pairs_train": len(train_pairs), "pairs_val": len(val_pairs), "data_fingerprint": data_fp,
-            "epochs": cfg.epochs, "seconds": round(spent, 1), "device": str(device),
+            "epochs": max(cfg.epochs, start_epoch - 1), "seconds": round(spent, 1), "device": str(device),
             "device_name": _device_name(device),
             "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         },
