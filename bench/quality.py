@@ -2,7 +2,7 @@
 
     python bench/quality.py PHOTOS [--model PATH] [--val-fraction F] [--long-side PX] [--json PATH]
                             [--sheet PATH] [--split val|train] [--chroma-scales S,..] [--chroma-medians K,..]
-                            [--guide-radii R,..]
+                            [--guide-radii R,..] [--axes]
 
 PHOTOS is a folder of colour photos (the starter set: ``scripts/starter_data.py``). The held-out
 split is the one training used: a hash of each file name (``--val-fraction``, by default the
@@ -19,6 +19,9 @@ ratio to ground truth and as an absolute difference. ``--sheet`` writes a before
 sheet (gray | model | truth) of the held-out photos. ``--chroma-scales`` and ``--chroma-medians``
 also measure the model under other calibrations (applied on top of its card's), to choose them;
 ``--guide-radii`` under other windows of the guided chroma upsampling (0: plain bicubic).
+``--axes`` also prints how much of each chroma axis the model and the baselines predict
+(:func:`colorize.evaluate.chroma_axes`): the spread of a* (green-red) and of b* (blue-yellow) as a
+ratio to the truth's, and what becomes of the truth's green pixels.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -35,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from colorize.color import despeckle_ab  # noqa: E402
 from colorize.engine import Colorizer  # noqa: E402
 from colorize.evaluate import (  # noqa: E402
+    chroma_axes,
     colorize_like_production,
     eval_size,
     evaluate,
@@ -81,6 +86,7 @@ def main() -> None:
         help="also measure it with the chroma taken to full resolution by guided windows of these radii "
         "(model pixels; 0: plain bicubic), e.g. 0,4,16",
     )
+    parser.add_argument("--axes", action="store_true", help="also measure each chroma axis (green-red, blue-yellow)")
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -94,6 +100,7 @@ def main() -> None:
         cv2.resize(p.gray, img.shape[1::-1], interpolation=cv2.INTER_AREA) for p, img in zip(val, images, strict=True)
     ]
     colorizer = Colorizer(model, device=args.device)
+    mean_chroma = mean_chroma_baseline(mean_ab([p.rgb for p in train]))
 
     reports = {
         "model": evaluate(images, colorizer.predict_ab, grays=grays),
@@ -106,7 +113,7 @@ def main() -> None:
             for r in (int(x) for x in (args.guide_radii.split(",") if args.guide_radii else []))
         },
         "gray": evaluate(images, gray_baseline, grays=grays),
-        "mean_chroma": evaluate(images, mean_chroma_baseline(mean_ab([p.rgb for p in train])), grays=grays),
+        "mean_chroma": evaluate(images, mean_chroma, grays=grays),
     }
     size = f"long side <= {args.long_side}" if args.long_side else "full resolution"
     what = "held-out" if args.split == "val" else "training"
@@ -117,8 +124,17 @@ def main() -> None:
         print(f"{name:12s} {r.psnr:7.2f} {r.ssim:7.4f} {r.ab_error:7.2f} {r.colourfulness:9.2f} "
               f"{r.colourfulness_ratio:7.3f} {r.colourfulness_diff:7.2f}")  # fmt: skip
     print(f"ground truth colourfulness {reports['model'].colourfulness_gt:.2f}")
+    axes = {}
+    if args.axes:
+        predictors = {"model": colorizer.predict_ab, "gray": gray_baseline, "mean_chroma": mean_chroma}
+        axes = {name: chroma_axes(images, predict, grays=grays) for name, predict in predictors.items()}
+        print(f"\n{'':12s} {'a spread':>9s} {'b spread':>9s} {'green a':>8s} {'truth':>7s} {'green kept':>11s}")
+        for name, r in axes.items():
+            print(f"{name:12s} {r.a_spread:9.3f} {r.b_spread:9.3f} {r.green_a:8.1f} {r.green_a_gt:7.1f} "
+                  f"{r.green_share:11.3f}")  # fmt: skip
     if args.json:
         out = {k: r.as_dict() | {"n": r.n} for k, r in reports.items()}
+        out["axes"] = {k: asdict(r) for k, r in axes.items()}
         out["model_id"], out["val_fraction"], out["held_out"] = model.model_id, fraction, [p.name for p in val]
         args.json.write_text(json.dumps(out, indent=2))
     if args.sheet:

@@ -13,7 +13,7 @@ Baselines plug in as another ``predict_ab``: gray (zero chroma) and the training
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -83,6 +83,20 @@ def colorize_like_production(
     return merge_chroma(gray, predict_ab(small[None])[0], small, guide_radius)
 
 
+def outputs(
+    images: Sequence[np.ndarray],
+    predict_ab: PredictAB,
+    size: int = 256,
+    grays: Sequence[np.ndarray] | None = None,
+    guide_radius: int = GUIDE_RADIUS,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(truth, output) for each image, both (H, W, 3) uint8 RGB: each gray (``grays[i]``, else the
+    truth's luma) colorized by the production path."""
+    for i, gt in enumerate(images):
+        gray = grays[i] if grays is not None else luma(gt)
+        yield gt, colorize_like_production(gray, predict_ab, size, guide_radius)
+
+
 def evaluate(
     images: Sequence[np.ndarray],
     predict_ab: PredictAB,
@@ -103,9 +117,7 @@ def evaluate(
         Means over the images.
     """
     scores = []
-    for i, gt in enumerate(images):
-        gray = grays[i] if grays is not None else luma(gt)
-        out = colorize_like_production(gray, predict_ab, size, guide_radius)
+    for gt, out in outputs(images, predict_ab, size, grays, guide_radius):
         ab_err = np.hypot(*(rgb_to_lab(out / 255.0)[..., 1:] - rgb_to_lab(gt / 255.0)[..., 1:]).transpose(2, 0, 1))
         scores.append(
             (
@@ -120,6 +132,58 @@ def evaluate(
         raise ValueError("no images to evaluate on")
     m = np.mean(np.array(scores, dtype=np.float64), axis=0)
     return QualityReport(float(m[0]), float(m[1]), float(m[2]), float(m[3]), float(m[4]), len(scores))
+
+
+# A true pixel counts as green where a* < -8 with chroma over 15 (grass, leaves; not grey-greens).
+GREEN_A, GREEN_CHROMA = -8.0, 15.0
+
+
+@dataclass(frozen=True)
+class AxisReport:
+    """How much of each chroma axis a model predicts, pooled over every pixel of the images.
+
+    ``a_spread`` / ``b_spread``: standard deviation of the output's a* (green-red) / b* (blue-yellow)
+    over the truth's, 1 for a model that spreads colour as widely as the photos do, 0 for gray.
+    ``green_a`` / ``green_a_gt``: mean a* of the output / the truth over the truth's green pixels;
+    ``green_share``: the share of those the output makes green too (a* < ``GREEN_A``).
+    """
+
+    a_spread: float
+    b_spread: float
+    green_a: float
+    green_a_gt: float
+    green_share: float
+    n: int
+
+
+def chroma_axes(
+    images: Sequence[np.ndarray],
+    predict_ab: PredictAB,
+    size: int = 256,
+    grays: Sequence[np.ndarray] | None = None,
+    guide_radius: int = GUIDE_RADIUS,
+) -> AxisReport:
+    """Measure each chroma axis of ``predict_ab`` through the production path (as :func:`evaluate`).
+
+    Args:
+        images: (H, W, 3) uint8 RGB ground truths.
+        predict_ab, size, grays, guide_radius: as :func:`evaluate`'s.
+    """
+    out_ab, gt_ab = [], []
+    for gt, out in outputs(images, predict_ab, size, grays, guide_radius):
+        out_ab.append(rgb_to_lab(out / 255.0)[..., 1:].reshape(-1, 2))
+        gt_ab.append(rgb_to_lab(gt / 255.0)[..., 1:].reshape(-1, 2))
+    if not out_ab:
+        raise ValueError("no images to evaluate on")
+    pred, true = np.concatenate(out_ab).astype(np.float64), np.concatenate(gt_ab).astype(np.float64)
+    spread = pred.std(axis=0) / np.maximum(true.std(axis=0), 1e-9)
+    green = (true[:, 0] < GREEN_A) & (np.hypot(true[:, 0], true[:, 1]) > GREEN_CHROMA)
+    if not green.any():
+        return AxisReport(float(spread[0]), float(spread[1]), 0.0, 0.0, 0.0, len(out_ab))
+    return AxisReport(
+        float(spread[0]), float(spread[1]), float(pred[green, 0].mean()), float(true[green, 0].mean()),
+        float((pred[green, 0] < GREEN_A).mean()), len(out_ab),
+    )  # fmt: skip
 
 
 def gray_baseline(gray: np.ndarray) -> np.ndarray:

@@ -8,13 +8,14 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from colorize.color import luma, normalize_ab, rgb_to_lab
-from colorize.evaluate import sample_grid
+from colorize.evaluate import chroma_axes, gray_baseline, sample_grid
 from colorize.registry import Registry
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import is_better
@@ -314,3 +315,21 @@ def test_the_sample_grid_keeps_each_photo_whole_and_wastes_no_rows():
     assert grid.shape == (40 + 64, 128, 3)  # a landscape row is only as tall as its photos
     assert not np.all(grid[:40] == 255, axis=(1, 2)).any()  # no white band across a row
     assert np.all(grid[40:, :16] == 255) and not np.all(grid[40:, 16:48] == 255)  # a portrait, centred
+
+
+def test_chroma_axes_measure_how_much_of_each_axis_and_of_the_greens_a_model_keeps():
+    # Half meadow (green), half sky (blue) with a gradient: both axes of chroma vary.
+    rgb = np.zeros((96, 128, 3), np.uint8)
+    rgb[:48] = (90, 170, 60)
+    rgb[48:] = np.linspace((60, 110, 200), (150, 190, 240), 128).astype(np.uint8)[None]
+    truths = iter([cv2.resize(rgb_to_lab(rgb / 255.0)[..., 1:], (256, 256), interpolation=cv2.INTER_AREA)])
+
+    def oracle(gray: np.ndarray) -> np.ndarray:  # the true chroma, at the model's size
+        return next(truths)[None]
+
+    exact = chroma_axes([rgb], oracle)
+    assert exact.a_spread == pytest.approx(1, abs=0.05) and exact.b_spread == pytest.approx(1, abs=0.05)
+    assert exact.green_share > 0.95 and exact.green_a_gt < -30
+    assert exact.green_a == pytest.approx(exact.green_a_gt, abs=3)
+    none = chroma_axes([rgb], gray_baseline)
+    assert none.a_spread < 0.02 and none.b_spread < 0.02 and none.green_share == 0 and abs(none.green_a) < 1
