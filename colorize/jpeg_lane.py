@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 _EXIF_ORIENTATION = 0x0112
-# Images merged at once: bounds the float temporaries (about 100 MB per 2 MP scan; the guided chroma
-# fit adds a sixth: 193 -> 226 MB through the same code on a CPU) on small GPUs.
+# Images merged at once: bounds the merge's float32 temporaries on small GPUs (a few dozen bytes per
+# scan pixel, the guided chroma fit's four channels at full resolution among them).
 _MERGE_CHUNK = 8
 
 
