@@ -248,6 +248,17 @@ def test_fine_tuning_starts_from_the_given_weights(photos, tmp_path, tiny_model)
         assert torch.equal(result.generator.state_dict()[name], tensor), name
 
 
+def test_rebalancing_changes_the_loss_training_sees_and_is_recorded(photos, tmp_path):
+    from colorize.training.trainer import train
+
+    pairs, _ = load_pairs(discover_pairs(str(photos))[0])
+    plain = train(TrainConfig(**{**TINY, "epochs": 1}), pairs, [], str(tmp_path / "a"))
+    weighted = train(TrainConfig(**{**TINY, "epochs": 1, "rebalance": 1.0}), pairs, [], str(tmp_path / "b"))
+    # Same seed, same crops, same first weights: only the per-pixel weights differ.
+    assert weighted.history[0]["loss_l1"] != pytest.approx(plain.history[0]["loss_l1"], rel=1e-3)
+    assert weighted.card["hyperparameters"]["rebalance"] == 1.0
+
+
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "colorize.cli", *args], env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
