@@ -399,6 +399,7 @@ def train(
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, schedule)
     sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, schedule)
     ema = AveragedModel(G, multi_avg_fn=ema_update(cfg.ema_decay)) if cfg.ema_decay > 0 else None
+    exported = ema.module if ema is not None else G  # what is measured and returned
 
     data = _Batches(cfg, train_pairs)
     workers = cfg.workers
@@ -440,11 +441,11 @@ def train(
         log.info("resumed from epoch %d", start_epoch - 1)
 
     mse = nn.MSELoss()
-    bin_weights = (rebalance_weights(data.rgb, cfg.rebalance) if cfg.rebalance else torch.ones(1)).to(device)
+    bin_weights = rebalance_weights(data.rgb, cfg.rebalance).to(device) if cfg.rebalance else None
 
     def l1(fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         diff = (fake - target).abs()
-        if not cfg.rebalance:
+        if bin_weights is None:
             return diff.mean()
         return (diff * bin_weights[ab_bins(target)][:, None]).mean()
 
@@ -514,9 +515,7 @@ def train(
         row: dict[str, float] = {"epoch": float(epoch), "lr": opt_g.param_groups[0]["lr"], "seconds": spent}
         row.update({k: v / n for k, v in sums.items()})
         if val_pairs and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            report = evaluate_generator(
-                ema.module if ema is not None else G, cfg, gcfg, val_images, val_grays, cfg.device
-            )
+            report = evaluate_generator(exported, cfg, gcfg, val_images, val_grays, cfg.device)
             row.update(report.as_dict("val_"))
         history.append(row)
         if on_epoch:
@@ -525,8 +524,8 @@ def train(
             save_checkpoint(epoch)
 
     if val_pairs and report is None:  # resumed at or past its last epoch: nothing ran, measure what it holds
-        report = evaluate_generator(ema.module if ema is not None else G, cfg, gcfg, val_images, val_grays, cfg.device)
-    final = copy.deepcopy(ema.module if ema is not None else G).float().cpu().eval()
+        report = evaluate_generator(exported, cfg, gcfg, val_images, val_grays, cfg.device)
+    final = copy.deepcopy(exported).float().cpu().eval()
     metrics = report.as_dict() if report is not None else {}
     grid = None
     if val_pairs:
