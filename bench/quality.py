@@ -40,13 +40,14 @@ from colorize.color import despeckle_ab  # noqa: E402
 from colorize.engine import Colorizer  # noqa: E402
 from colorize.evaluate import (  # noqa: E402
     chroma_axes,
-    colorize_like_production,
     eval_size,
     evaluate,
     gray_baseline,
     mean_ab,
     mean_chroma_baseline,
+    outputs,
     sample_grid,
+    score,
 )
 from colorize.modelfile import load_model  # noqa: E402
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs  # noqa: E402
@@ -102,8 +103,13 @@ def main() -> None:
     colorizer = Colorizer(model, device=args.device)
     mean_chroma = mean_chroma_baseline(mean_ab([p.rgb for p in train]))
 
+    # The model's and the baselines' outputs are kept, to be scored, measured per axis and shown
+    # from one pass each.
+    model_out = list(outputs(images, colorizer.predict_ab, grays=grays))
+    baseline_out = {name: list(outputs(images, predict, grays=grays))
+                    for name, predict in (("gray", gray_baseline), ("mean_chroma", mean_chroma))}  # fmt: skip
     reports = {
-        "model": evaluate(images, colorizer.predict_ab, grays=grays),
+        "model": score(model_out),
         **{
             name: evaluate(images, lambda g, s=scale, k=k: despeckle_ab(colorizer.predict_ab(g) * s, k), grays=grays)
             for name, scale, k in calibrations(args.chroma_scales, args.chroma_medians)
@@ -112,8 +118,7 @@ def main() -> None:
             f"guide r{r}": evaluate(images, colorizer.predict_ab, grays=grays, guide_radius=r)
             for r in (int(x) for x in (args.guide_radii.split(",") if args.guide_radii else []))
         },
-        "gray": evaluate(images, gray_baseline, grays=grays),
-        "mean_chroma": evaluate(images, mean_chroma, grays=grays),
+        **{name: score(pairs) for name, pairs in baseline_out.items()},
     }
     size = f"long side <= {args.long_side}" if args.long_side else "full resolution"
     what = "held-out" if args.split == "val" else "training"
@@ -126,8 +131,7 @@ def main() -> None:
     print(f"ground truth colourfulness {reports['model'].colourfulness_gt:.2f}")
     axes = {}
     if args.axes:
-        predictors = {"model": colorizer.predict_ab, "gray": gray_baseline, "mean_chroma": mean_chroma}
-        axes = {name: chroma_axes(images, predict, grays=grays) for name, predict in predictors.items()}
+        axes = {name: chroma_axes(pairs) for name, pairs in {"model": model_out, **baseline_out}.items()}
         print(f"\n{'':12s} {'a spread':>9s} {'b spread':>9s} {'green a':>8s} {'truth':>7s} {'green kept':>11s}")
         for name, r in axes.items():
             print(f"{name:12s} {r.a_spread:9.3f} {r.b_spread:9.3f} {r.green_a:8.1f} {r.green_a_gt:7.1f} "
@@ -138,8 +142,7 @@ def main() -> None:
         out["model_id"], out["val_fraction"], out["held_out"] = model.model_id, fraction, [p.name for p in val]
         args.json.write_text(json.dumps(out, indent=2))
     if args.sheet:
-        rows = [(g, colorize_like_production(g, colorizer.predict_ab), img)
-                for g, img in list(zip(grays, images, strict=True))[: args.sheet_rows]]  # fmt: skip
+        rows = [(g, coloured, img) for g, (img, coloured) in list(zip(grays, model_out, strict=True))[: args.sheet_rows]]
         cv2.imwrite(str(args.sheet), cv2.cvtColor(sample_grid(rows, cell=200), cv2.COLOR_RGB2BGR))
 
 

@@ -13,7 +13,7 @@ Baselines plug in as another ``predict_ab``: gray (zero chroma) and the training
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -116,8 +116,13 @@ def evaluate(
     Returns:
         Means over the images.
     """
+    return score(outputs(images, predict_ab, size, grays, guide_radius))
+
+
+def score(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> QualityReport:
+    """Means over (truth, output) pairs, both (H, W, 3) uint8 RGB, as from :func:`outputs`."""
     scores = []
-    for gt, out in outputs(images, predict_ab, size, grays, guide_radius):
+    for gt, out in pairs:
         ab_err = np.hypot(*(rgb_to_lab(out / 255.0)[..., 1:] - rgb_to_lab(gt / 255.0)[..., 1:]).transpose(2, 0, 1))
         scores.append(
             (
@@ -156,21 +161,11 @@ class AxisReport:
     n: int
 
 
-def chroma_axes(
-    images: Sequence[np.ndarray],
-    predict_ab: PredictAB,
-    size: int = 256,
-    grays: Sequence[np.ndarray] | None = None,
-    guide_radius: int = GUIDE_RADIUS,
-) -> AxisReport:
-    """Measure each chroma axis of ``predict_ab`` through the production path (as :func:`evaluate`).
-
-    Args:
-        images: (H, W, 3) uint8 RGB ground truths.
-        predict_ab, size, grays, guide_radius: as :func:`evaluate`'s.
-    """
+def chroma_axes(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> AxisReport:
+    """Measure each chroma axis over (truth, output) pairs, both (H, W, 3) uint8 RGB, as from :func:`outputs`
+    (the production path)."""
     out_ab, gt_ab = [], []
-    for gt, out in outputs(images, predict_ab, size, grays, guide_radius):
+    for gt, out in pairs:
         out_ab.append(rgb_to_lab(out / 255.0)[..., 1:].reshape(-1, 2))
         gt_ab.append(rgb_to_lab(gt / 255.0)[..., 1:].reshape(-1, 2))
     if not out_ab:

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from colorize.color import luma, normalize_ab, rgb_to_lab
-from colorize.evaluate import chroma_axes, gray_baseline, sample_grid
+from colorize.evaluate import chroma_axes, gray_baseline, outputs, sample_grid
 from colorize.registry import Registry
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import is_better
@@ -338,9 +338,9 @@ def test_chroma_axes_measure_how_much_of_each_axis_and_of_the_greens_a_model_kee
     def oracle(gray: np.ndarray) -> np.ndarray:  # the true chroma, at the model's size
         return next(truths)[None]
 
-    exact = chroma_axes([rgb], oracle)
+    exact = chroma_axes(outputs([rgb], oracle))
     assert exact.a_spread == pytest.approx(1, abs=0.05) and exact.b_spread == pytest.approx(1, abs=0.05)
     assert exact.green_share > 0.95 and exact.green_a_gt < -30
     assert exact.green_a == pytest.approx(exact.green_a_gt, abs=3)
-    none = chroma_axes([rgb], gray_baseline)
+    none = chroma_axes(outputs([rgb], gray_baseline))
     assert none.a_spread < 0.02 and none.b_spread < 0.02 and none.green_share == 0 and abs(none.green_a) < 1
