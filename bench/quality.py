@@ -142,7 +142,7 @@ def main() -> None:
         out["model_id"], out["val_fraction"], out["held_out"] = model.model_id, fraction, [p.name for p in val]
         args.json.write_text(json.dumps(out, indent=2))
     if args.sheet:
-        rows = [(g, coloured, img) for g, (img, coloured) in list(zip(grays, model_out, strict=True))[: args.sheet_rows]]
+        rows = [(g, out_rgb, img) for g, (img, out_rgb) in zip(grays, model_out[: args.sheet_rows], strict=False)]
         cv2.imwrite(str(args.sheet), cv2.cvtColor(sample_grid(rows, cell=200), cv2.COLOR_RGB2BGR))
 
 

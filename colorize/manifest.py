@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 
 import pandas as pd
 
+from colorize.host import HOST
 from colorize.storage import Storage
 
 LEDGER_KEY = "manifest.csv"
@@ -93,7 +93,7 @@ def format_mtime(seconds: float) -> str:
 
 def worker_id() -> str:
     """Which process did the work: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{HOST}:{os.getpid()}"
 
 
 def new_run_id() -> str:

@@ -5,6 +5,7 @@ Layout::
     REG/versions/v1/generator.safetensors
     REG/versions/v1/card.json
     REG/versions/v2/...
+    REG/versions/v2/claim.json  who registered it (written first: one registration per number)
     REG/aliases.json          {"production": "v2"}
 
 A version folder is an ordinary model folder, so ``--model REG/versions/v2`` loads it directly.
@@ -13,16 +14,20 @@ A version folder is an ordinary model folder, so ``--model REG/versions/v2`` loa
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from typing import Any
 
 import torch
 
+from colorize.host import HOST
 from colorize.modelfile import CARD_FILE, LoadedModel, load_safetensors_model, save_model
 from colorize.modelfile import WEIGHTS_FILE as WEIGHTS
-from colorize.storage import Storage, open_storage
+from colorize.storage import Storage, StorageError, open_storage
 
 ALIASES_FILE = "aliases.json"
+CLAIM_FILE = "claim.json"  # versions/v<n>/claim.json: written first, by the one registration that gets v<n>
 PRODUCTION = "production"
 _VERSION = re.compile(r"^v(\d+)$")
 
@@ -85,7 +90,13 @@ class Registry:
         The model's name becomes ``<card name>-<version>``, so its ``model_id`` says where it came from.
         """
         existing = self.versions()
-        version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
+        number = int(existing[-1][1:]) + 1 if existing else 1
+        claim = json.dumps({"host": HOST, "pid": os.getpid(), "at": time.time()}).encode()
+        # Two trainings registering at once must not both write v<n>: each claims its number first,
+        # by a write that only one can make (a number claimed by a crashed registration stays unused).
+        while self.storage.write_if(f"versions/v{number}/{CLAIM_FILE}", claim, None) is None:
+            number += 1
+        version = f"v{number}"
         name = f"{card.get('name', 'model')}-{version}"
         save_model(
             self.storage,
@@ -100,6 +111,11 @@ class Registry:
         """Point ``alias`` at ``version``."""
         version = self.resolve(version)
         self.card(version)  # raises when missing
-        aliases = self.aliases()
-        aliases[alias] = version
-        self.storage.write_bytes(ALIASES_FILE, json.dumps(aliases, indent=2).encode(), "application/json")
+        for _ in range(10):  # read, change, write back only if no one else wrote in between
+            current = self.storage.read_versioned(ALIASES_FILE)
+            aliases = json.loads(current[0]) if current else {}
+            aliases[alias] = version
+            data = json.dumps(aliases, indent=2).encode()
+            if self.storage.write_if(ALIASES_FILE, data, current[1] if current else None, "application/json"):
+                return
+        raise StorageError(f"registry {self.uri}: {ALIASES_FILE} kept changing under this promotion; try again")

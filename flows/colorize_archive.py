@@ -17,6 +17,7 @@ from tqdm import tqdm
 from colorize.c2pa_signing import load_signing_key
 from colorize.imaging import DEFAULT_MAX_PIXELS, image_extensions
 from colorize.inflight import memory_budget
+from colorize.lease import DestinationLease
 from colorize.manifest import Ledger, finish_run, new_run_id, run_key, unfinished_runs, write_part
 from colorize.model_cache import get_colorizer
 from colorize.modelfile import model_identity, resolve_model_spec
@@ -46,19 +47,14 @@ class RunSummary:
 def start_run(
     source: str, dest: str, model: str | None, registry: str | None, options: dict[str, object]
 ) -> RunOptions:
-    """Check both ends, resolve the model, and fold in manifests that killed runs left behind."""
+    """Check both ends and resolve the model; nothing is written at the destination yet."""
     logger = get_run_logger()
     endpoint = options.get("endpoint_url")
     src, dst = open_storage(source, endpoint), open_storage(dest, endpoint)  # type: ignore[arg-type]
     if next(iter(src.list()), None) is None:  # also raises StorageError when the source is missing
         logger.warning("source %s holds no files", src.uri)
-    check_destination(src, dst)  # before anything is written at the destination
-    if swept := dst.sweep_temp():
-        logger.info("removed %d temp files that killed runs left at %s", swept, dst.uri)
+    check_destination(src, dst)
     run_id = new_run_id()
-    for orphan in unfinished_runs(dst, exclude=run_id):
-        logger.warning("run %s ended without finishing its manifest: folding in its records", orphan)
-        finish_run(dst, orphan)
     spec = resolve_model_spec(model, registry, endpoint)  # type: ignore[arg-type]
     model_id = model_identity(spec, endpoint)  # type: ignore[arg-type]  # shards load the model, wherever they run
     logger.info("run %s: %s -> %s with model %s", run_id, src.uri, dst.uri, model_id)
@@ -66,6 +62,18 @@ def start_run(
     if opts.sign_cert and opts.sign_key:  # a certificate C2PA refuses stops the run here, not per file
         load_signing_key(opts.sign_cert, opts.sign_key, opts.endpoint_url)
     return opts
+
+
+@task(cache_policy=NO_CACHE)
+def recover_killed_runs(opts: RunOptions) -> None:
+    """Remove the temp files killed runs left, and fold in the manifests they did not finish."""
+    logger = get_run_logger()
+    dst = open_storage(opts.dest, opts.endpoint_url)
+    if swept := dst.sweep_temp():
+        logger.info("removed %d temp files that killed runs left at %s", swept, dst.uri)
+    for orphan in unfinished_runs(dst, exclude=opts.run_id):
+        logger.warning("run %s ended without finishing its manifest: folding in its records", orphan)
+        finish_run(dst, orphan)
 
 
 @task(cache_policy=NO_CACHE)
@@ -212,14 +220,21 @@ def colorize_archive(
         memory_budget=memory_budget(memory_gb, dask_local),
     )  # fmt: skip
     on_dask = bool(dask_address or dask_local > 0)
-    # One model on a GPU at a time on a single host (deploy/README.md); Dask workers use GPU resources.
-    with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
-        opts = start_run(source, dest, model, registry, options)
-        if on_dask:
-            share_api_url(current_api_url())
-        runner = shard_runner(dask_address, dask_local, device)
-        not_scans = colorize_shards.with_options(task_runner=runner)(opts, on_dask, max(1, shards_in_flight), progress)
-    summary = finish_manifest(opts)
+    opts = start_run(source, dest, model, registry, options)
+    # One run at a time on a destination (colorize/lease.py), from before it reads the ledger until
+    # its manifest is written.
+    with DestinationLease(open_storage(dest, endpoint_url), opts.run_id) as lease:
+        recover_killed_runs(opts)
+        # One model on a GPU at a time on a single host (deploy/README.md); Dask workers use GPU resources.
+        with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
+            if on_dask:
+                share_api_url(current_api_url())
+            runner = shard_runner(dask_address, dask_local, device)
+            not_scans = colorize_shards.with_options(task_runner=runner)(
+                opts, on_dask, max(1, shards_in_flight), progress
+            )
+        lease.check()
+        summary = finish_manifest(opts)
     summary.not_scans = not_scans
     summary.report_url = write_run_report(opts, report_sample, report_link_seconds)
     publish_summary(summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,10 @@ def make_archive(root: Path) -> dict[str, str]:
     write(root / "nested/old.gif", encode(gray_image(30, 40), "GIF"))  # an image, but not a scan format
     write(root / "nested/g.j2k", encode(gray_image(30, 40), "JPEG2000"))  # a bare codestream: no metadata
     return {key: status for key, (_, status) in files.items()}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

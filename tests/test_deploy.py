@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import encode, gray_image, make_model, write
+from tests.helpers import encode, free_port, gray_image, make_model, write
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deploy" / "prefect.yaml"
@@ -44,12 +43,6 @@ class PrefectServer:
     url: str  # the API's URL, .../api
     env: dict[str, str]  # what every client process (CLI, worker) runs with
     log: Path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _clean_env(home: Path) -> dict[str, str]:
@@ -126,7 +119,7 @@ def _prefect(server: PrefectServer, *args: str, env: dict[str, str] | None = Non
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """``prefect server start`` on a free port of 127.0.0.1, with its own home and SQLite database."""
     home = tmp_path_factory.mktemp("prefect")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     server_env = _clean_env(home) | {
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",

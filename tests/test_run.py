@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import socket
@@ -18,8 +19,10 @@ from PIL import Image
 from colorize import model_cache
 from colorize.color import COLOUR_METHOD
 from colorize.imaging import decode_scan
+from colorize.lease import LEASE_KEY, DestinationBusyError, DestinationLease
 from colorize.manifest import COLUMNS
 from colorize.modelfile import load_model
+from colorize.storage import open_storage
 from colorize.storage.local import TEMP_DIR, TEMP_PREFIX
 from tests.helpers import encode, gray_image, make_archive, write
 
@@ -291,6 +294,8 @@ def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     killed_outputs = {p.relative_to(dest) for p in dest.rglob("*.png")}
     for p in dest.rglob("*.png"):
         decode_scan(p.read_bytes())  # every output there is whole
+    held = json.loads((dest / LEASE_KEY).read_bytes())
+    assert held["pid"] == proc.pid  # the killed run's lease, taken over at once below: its process is gone
     # What a write cut off by the kill leaves (the kill rarely lands mid-write, so made here for sure).
     (dest / TEMP_DIR).mkdir(exist_ok=True)
     (dest / TEMP_DIR / f"{TEMP_PREFIX}{proc.pid}@{socket.gethostname()}-cut").write_bytes(b"half a file")
@@ -311,6 +316,22 @@ def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     assert killed_outputs <= {p.relative_to(dest) for p in dest.rglob("*.png")}
     assert not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert not [p for p in (dest / "manifests").iterdir() if p.is_dir()]
+    assert not (dest / LEASE_KEY).exists()
+
+
+def test_a_run_on_a_destination_another_run_holds_stops_before_writing_anything(run, tmp_path, tiny_model, cli_env):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    for name in ("a", "b"):
+        write(src / f"{name}.png", encode(gray_image(40, 50, seed=len(name)), "PNG"))
+    with DestinationLease(open_storage(str(dest)), "nightly"):  # a run still going, in this process
+        with pytest.raises(DestinationBusyError, match="in use by run nightly"):
+            run(src, dest, tiny_model)
+        busy = _cli(["run", str(src), str(dest), "--model", str(tiny_model)], cli_env)
+        assert busy.returncode == 1 and "in use by run nightly" in busy.stderr
+        written = [p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file() and TEMP_DIR not in p.parts]
+        assert written == [LEASE_KEY]  # no output, no manifest part, no folded run
+    done = run(src, dest, tiny_model)
+    assert done.counts == {"colorized": 2} and not (dest / LEASE_KEY).exists()
 
 
 def _listening(port: int) -> bool:

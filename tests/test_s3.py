@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -36,46 +35,12 @@ from colorize.plan import _nested_prefix, extension_format
 from colorize.registry import Registry
 from colorize.storage import StorageError, UnsafeKeyError, check_key, open_storage
 from colorize.storage.s3 import S3Storage, parse_uri
-from tests.helpers import encode, gray_image, make_archive, write
+from tests.helpers import encode, free_port, gray_image, make_archive, write
 
 # Distinctive, so that a leak anywhere (logs, manifests, messages) is found by a plain search.
 ACCESS_KEY = "AKIACOLORIZETEST0001"
 SECRET = "colorize-test-secret-DO-NOT-LEAK-8f3a1c"
 MiB = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """moto's S3 server in its own process on 127.0.0.1, for the whole session."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/moto-api/")
-                conn.getresponse().read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(autouse=True)
@@ -367,7 +332,7 @@ def test_permanent_faults_stop_with_the_bucket_and_the_operation(s3, proxy, moto
         denied.read_bytes("long.jpg")
     assert not isinstance(caught.value, StorageError)
 
-    unreachable = S3Storage("s3://scans/p", endpoint_url=f"http://127.0.0.1:{_free_port()}", max_attempts=2)
+    unreachable = S3Storage("s3://scans/p", endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2)
     _storage_error(lambda: list(unreachable.list()), "list_objects_v2", "'scans'", "EndpointConnectionError")
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
@@ -379,7 +344,7 @@ def test_permanent_faults_stop_with_the_bucket_and_the_operation(s3, proxy, moto
 def test_endpoint_comes_from_the_option_or_boto3s_environment(s3, moto_url, monkeypatch):
     s3.put_object(Bucket="scans", Key="e/a.jpg", Body=b"x")
     assert [o.key for o in S3Storage("s3://scans/e").list()] == ["a.jpg"]  # AWS_ENDPOINT_URL
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)  # the service-specific variable wins
     assert [o.key for o in S3Storage("s3://scans/e").list()] == ["a.jpg"]
@@ -488,7 +453,7 @@ def test_local_to_s3_s3_to_local_and_dest_inside_the_source(run, s3, tmp_path, t
     # model is read from S3 through the same option.
     for name in ("generator.safetensors", "card.json"):
         s3.put_object(Bucket="models", Key=f"mixed/v1/{name}", Body=(tiny_model / name).read_bytes())
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     up = run(source=str(tmp_path / "scans"), dest="s3://colour/mixed/", model="s3://models/mixed/v1",
              endpoint_url=moto_url)  # fmt: skip
     assert up.counts == {"colorized": 2}
@@ -532,8 +497,8 @@ def test_a_denied_source_stops_the_run_without_a_flood_of_failed_rows(run, s3, p
     assert proxy.count("GET", r"^/scans/locked/s\d") <= 6  # each read tried once at most, never retried
     assert SECRET not in caplog.text and SECRET not in message
 
-    # A missing destination bucket stops the run at its start, before any work.
-    with pytest.raises(StorageError, match="list_objects_v2 on bucket 'no-dest'.*NoSuchBucket"):
+    # A missing destination bucket stops the run at its start (taking the lease), before any work.
+    with pytest.raises(StorageError, match="put_object on bucket 'no-dest'.*manifests/lease.json.*NoSuchBucket"):
         run(source="s3://scans/locked", dest="s3://no-dest/x", model=str(tiny_model))
 
 

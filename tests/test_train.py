@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from threading import Barrier
 
 import cv2
 import numpy as np
@@ -16,6 +18,8 @@ from safetensors.torch import load_file
 
 from colorize.color import luma, normalize_ab, rgb_to_lab
 from colorize.evaluate import chroma_axes, gray_baseline, outputs, sample_grid
+from colorize.model import GeneratorConfig, build_generator
+from colorize.modelfile import new_card
 from colorize.registry import Registry
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import is_better
@@ -190,6 +194,38 @@ def test_promotion_criterion():
     assert is_better({"ab_error": 10.0}, {"ab_error": 11.0}, "ab_error")[0]
     with pytest.raises(ValueError):
         is_better({}, None, "beauty")
+
+
+def test_registrations_and_promotions_at_once_lose_nothing(tmp_path):
+    registry = Registry(str(tmp_path / "registry"))
+    config = GeneratorConfig(width=4)
+    registry.register(build_generator(config), new_card("old", config, "lab"))  # v1, already there
+    generators = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        generators.append(build_generator(config))
+    start = Barrier(4)
+
+    def register(i: int) -> str:  # four trainings finishing at the same moment
+        start.wait()
+        return registry.register(generators[i], new_card(f"run{i}", config, "lab"))
+
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(register, range(4)))
+    assert sorted(versions) == ["v2", "v3", "v4", "v5"] and registry.versions() == ["v1", "v2", "v3", "v4", "v5"]
+    for i, version in enumerate(versions):  # each version is whole, and the one its registration was told
+        loaded = registry.load(version)
+        assert loaded.card["name"] == f"run{i}-{version}"
+        expected = generators[i].state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in loaded.generator.state_dict().items())
+
+    def promote(i: int) -> None:
+        start.wait()
+        registry.promote(versions[i], f"alias{i}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(promote, range(4)))
+    assert registry.aliases() == {f"alias{i}": versions[i] for i in range(4)}  # no promotion lost
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,24 @@ class Storage(Protocol):
         """Remove the object; no error when it is already gone."""
         ...
 
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The whole object and a version tag that changes with every write; None when it does not exist."""
+        ...
+
+    def write_if(
+        self, key: str, data: bytes, version: str | None, content_type: str = "application/octet-stream"
+    ) -> str | None:
+        """Write the object only if it is still at ``version`` (None: only if it does not exist).
+
+        Atomic against other writers using these methods (S3: a conditional PUT; a folder: a lock
+        file). Returns the new version, or None when the object was not at ``version``.
+        """
+        ...
+
+    def delete_if(self, key: str, version: str) -> bool:
+        """Remove the object only if it is still at ``version``; whether it was removed."""
+        ...
+
     def sweep_temp(self) -> int:
         """Remove what writers killed mid-write left behind; return how many were removed."""
         ...

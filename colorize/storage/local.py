@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from colorize.host import HOST, process_alive
 from colorize.storage import ObjectInfo, StorageError, check_key
 
 # Temporary files start with this, so that a listing (and a rerun after a kill) never takes one
@@ -19,7 +22,6 @@ TEMP_PREFIX = ".colorize-tmp-"
 # leaves its temp file in this one folder, where the next run finds and removes it, instead of
 # anywhere among millions of outputs.
 TEMP_DIR = ".colorize-tmp"
-_HOST = socket.gethostname()
 # A temp file not claimed by a live process of this host is left this long before removal (a
 # writer on another host sharing the folder, over NFS say, cannot be asked whether it lives).
 _FOREIGN_TEMP_SECONDS = 24 * 3600
@@ -69,7 +71,53 @@ class LocalStorage:
         return self._path(key).read_bytes()
 
     def write_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._put(self._path(key), data)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, _version(data)
+
+    def write_if(
+        self, key: str, data: bytes, version: str | None, content_type: str = "application/octet-stream"
+    ) -> str | None:
+        with self._locked(key) as path:
+            if self._version_of(path) != version:
+                return None
+            self._put(path, data)
+            return _version(data)
+
+    def delete_if(self, key: str, version: str) -> bool:
+        with self._locked(key) as path:
+            if self._version_of(path) != version:
+                return False
+            path.unlink()
+            return True
+
+    @staticmethod
+    def _version_of(path: Path) -> str | None:
+        try:
+            return _version(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[Path]:
+        """``key``'s path, under an exclusive lock that every conditional operation on it takes.
+
+        flock is released by the kernel when its holder dies, so a killed run never leaves it held;
+        on NFS (v4) Linux takes it as a lock of the whole file, which the server arbitrates across hosts.
+        """
         path = self._path(key)
+        staging = self.root / TEMP_DIR
+        staging.mkdir(parents=True, exist_ok=True)
+        with open(staging / (key.replace("/", "%") + ".lock"), "ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield path  # closing the file releases the lock
+
+    def _put(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.root / TEMP_DIR
         staging.mkdir(exist_ok=True)
@@ -111,9 +159,14 @@ class LocalStorage:
         return str(self.root / key)
 
 
+def _version(data: bytes) -> str:
+    """A local object's version tag: its content's hash (a file has no ETag)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def _write_atomically(path: Path, data: bytes, staging: Path) -> None:
     """Write to a temp file in ``staging`` (same filesystem as ``path``), then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}@{_HOST}-", dir=staging)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}@{HOST}-", dir=staging)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -130,14 +183,8 @@ def _is_stale(entry: Path) -> bool:
     """Whether a temp file's writer is gone (see :meth:`LocalStorage.sweep_temp`)."""
     pid_text, _, rest = entry.name[len(TEMP_PREFIX) :].partition("@")
     host = rest.rpartition("-")[0]
-    if host == _HOST and pid_text.isdigit():
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False  # alive, another user's
-        return False
+    if host == HOST and pid_text.isdigit():
+        return not process_alive(int(pid_text))
     try:
         return time.time() - entry.stat().st_mtime > _FOREIGN_TEMP_SECONDS
     except FileNotFoundError:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -214,6 +214,48 @@ class S3Storage:
         full = self._key(key)
         with self._faults("delete_object", full):
             self._client.delete_object(Bucket=self.bucket, Key=full)  # S3 answers 204 for a missing key too
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object and its ETag (conditional requests compare ETags)."""
+        full = self._key(key)
+        try:
+            with self._faults("get_object", full):
+                got = self._client.get_object(Bucket=self.bucket, Key=full)
+                return got["Body"].read(), str(got["ETag"])
+        except FileNotFoundError:
+            return None
+
+    def write_if(
+        self, key: str, data: bytes, version: str | None, content_type: str = "application/octet-stream"
+    ) -> str | None:
+        """A conditional PUT (``If-None-Match: *`` or ``If-Match: <ETag>``), which S3 applies atomically."""
+        full = self._key(key)
+        condition = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
+        args = {"Bucket": self.bucket, "Key": full, "Body": data, "ContentType": content_type, **condition}
+        put = self._conditional("put_object", full, lambda: self._client.put_object(**args))
+        return None if put is None else str(put["ETag"])
+
+    def delete_if(self, key: str, version: str) -> bool:
+        """A conditional DELETE (``If-Match: <ETag>``: AWS S3 since 2025, MinIO, Ceph)."""
+        full = self._key(key)
+        try:
+            deleted = self._conditional(
+                "delete_object", full, lambda: self._client.delete_object(Bucket=self.bucket, Key=full, IfMatch=version)
+            )
+        except FileNotFoundError:
+            return False
+        return deleted is not None
+
+    def _conditional(self, operation: str, key: str, request: Callable[[], Any]) -> Any:
+        """``request()``'s answer, or None when S3 says its condition did not hold (412) or another
+        conditional request on the key was in progress (409)."""
+        with self._faults(operation, key):
+            try:
+                return request()
+            except ClientError as err:
+                if int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) in (409, 412):
+                    return None
+                raise
 
     def sweep_temp(self) -> int:
         """Nothing to sweep: an object appears only whole (one PUT, or a completed multipart upload).
