@@ -30,6 +30,7 @@ from colorize.training.trainer import (
     edge_aware_smoothness,
     lr_factor,
     rebalance_weights,
+    shade_gray,
 )
 from tests.helpers import colour_image, encode, gray_image, write
 
@@ -159,6 +160,26 @@ def test_blur_augmentation_blurs_input_and_target_alike_and_only_when_asked(tmp_
     assert abs(float(x.mean() - sharp_x.mean())) < 0.02  # a blur, not a change of exposure
     with pytest.raises(ValueError, match="blur"):
         TrainConfig(blur_probability=1.5)
+
+
+def test_shading_changes_the_grays_light_smoothly_and_never_the_colour(tmp_path):
+    write(tmp_path / "photos/p.png", encode(_colour(5, 72), "PNG"))
+    pairs, _ = load_pairs(discover_pairs(str(tmp_path / "photos"))[0])
+    plain_x, plain_y = _Batches(TrainConfig(**TINY), pairs).batch([0], np.random.default_rng(3))
+    assert TrainConfig().shade_probability == 0  # off by default
+    shaded = _Batches(TrainConfig(**TINY, shade_probability=1.0, shade=0.3), pairs)
+    x, y = shaded.batch([0], np.random.default_rng(3))  # the same crop and flip: they are drawn first
+    assert torch.equal(y, plain_y)  # the colour the model must predict is the photo's own
+    assert float((x - plain_x).abs().mean()) > 0.02  # the light it sees is not
+    # Light and shadow, not texture: the gains vary smoothly and stay within the bounds asked for.
+    gray = np.full((64, 64), 100, np.uint8)
+    gains = np.array([[0.7, 1.0, 1.3], [1.0, 1.0, 1.0], [1.3, 1.0, 0.7]], np.float32)
+    lit = shade_gray(gray, gains).astype(np.float32)
+    assert lit[0, 0] < 80 and lit[0, -1] > 120 and lit[32, 32] == pytest.approx(100, abs=2)
+    assert np.abs(np.diff(lit, axis=1)).max() <= 3  # no step anywhere
+    assert np.array_equal(shade_gray(gray, np.ones((3, 3), np.float32)), gray)
+    with pytest.raises(ValueError, match="lab"):
+        TrainConfig(color_mode="rgb", shade_probability=0.5)
 
 
 def test_rebalancing_weights_rare_colours_up_and_keeps_the_loss_size():

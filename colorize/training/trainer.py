@@ -62,6 +62,11 @@ class TrainConfig:
     # at image_size: a sharp photo's foliage, blurred, is a labelled example of an out-of-focus one.
     blur_probability: float = 0.0
     blur_sigma: float = 8.0
+    # Share of crops (0 = off, lab only) whose gray input, not their colour, is shaded by a smooth
+    # random field of gains in [1 - shade, 1 + shade]: teaches that light and shadow across a region
+    # do not change its colour (the starter model's blurred backgrounds drift blue where brighter).
+    shade_probability: float = 0.0
+    shade: float = 0.2
     epochs: int = 100
     batch_size: int = 1  # pix2pix's
     lr: float = 2e-4
@@ -100,6 +105,10 @@ class TrainConfig:
             raise ValueError("min_crop_scale must be in (0, 1]")
         if not 0 <= self.blur_probability <= 1 or self.blur_sigma < 1:
             raise ValueError("blur_probability must be in [0, 1] and blur_sigma at least 1")
+        if not 0 <= self.shade_probability <= 1 or not 0 <= self.shade < 1:
+            raise ValueError("shade_probability must be in [0, 1] and shade in [0, 1)")
+        if self.shade_probability and self.color_mode != "lab":
+            raise ValueError("shading changes the gray but not the colour, so it needs color_mode lab")
         if not 0 <= self.rebalance <= 1:
             raise ValueError("rebalance must be in [0, 1]")
         if self.rebalance and self.color_mode != "lab":
@@ -187,6 +196,11 @@ class _Batches(torch.utils.data.Dataset):
             if cfg.blur_probability and rng.random() < cfg.blur_probability
             else 0.0
         )
+        gains = (
+            rng.uniform(1 - cfg.shade, 1 + cfg.shade, size=(SHADE_GRID, SHADE_GRID)).astype(np.float32)
+            if cfg.shade_probability and rng.random() < cfg.shade_probability
+            else None
+        )
         out = []
         for img in (self.gray[i], self.rgb[i]):
             crop = img[y : y + side, x : x + side]
@@ -195,6 +209,8 @@ class _Batches(torch.utils.data.Dataset):
             if sigma:
                 crop = cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
             out.append(crop[:, ::-1] if flip else crop)
+        if gains is not None:
+            out[0] = shade_gray(out[0], gains)
         return out[0], out[1]
 
     def batch(self, indices: Sequence[int], rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,6 +226,23 @@ class _Batches(torch.utils.data.Dataset):
             x = np.repeat(g[:, None], 3, axis=1)
             y = ((rgb - self._color_mean) / self._color_std).transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+
+
+SHADE_GRID = 3  # gains drawn on a 3x3 grid, so the shading varies over about a third of a crop
+
+
+def shade_gray(gray: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Light and shadow over a gray image: ``gray`` times a smooth field through ``gains``.
+
+    Args:
+        gray: (S, S) uint8.
+        gains: (G, G) float32 gains, placed at the centres of a GxG grid and interpolated bicubically.
+
+    Returns:
+        (S, S) uint8, clipped to [0, 255].
+    """
+    field = cv2.resize(gains, gray.shape[::-1], interpolation=cv2.INTER_CUBIC)
+    return np.clip(gray.astype(np.float32) * field + 0.5, 0, 255).astype(np.uint8)
 
 
 SMOOTH_SHARPNESS = 10.0
