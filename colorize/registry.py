@@ -30,6 +30,7 @@ ALIASES_FILE = "aliases.json"
 CLAIM_FILE = "claim.json"  # versions/v<n>/claim.json: written first, by the one registration that gets v<n>
 PRODUCTION = "production"
 _VERSION = re.compile(r"^v(\d+)$")
+ANY = object()  # Registry.promote's if_current when the alias may point anywhere
 
 
 class Registry:
@@ -107,15 +108,22 @@ class Registry:
         )
         return version
 
-    def promote(self, version: str, alias: str = PRODUCTION) -> None:
-        """Point ``alias`` at ``version``."""
+    def promote(self, version: str, alias: str = PRODUCTION, if_current: str | None | object = ANY) -> bool:
+        """Point ``alias`` at ``version``; return whether it did.
+
+        With ``if_current``, only if ``alias`` still points at that version (None: at none), as when a
+        candidate was measured against the production of its day: a production promoted meanwhile
+        by another run is not overwritten unseen.
+        """
         version = self.resolve(version)
         self.card(version)  # raises when missing
         for _ in range(10):  # read, change, write back only if no one else wrote in between
             current = self.storage.read_versioned(ALIASES_FILE)
             aliases = json.loads(current[0]) if current else {}
+            if if_current is not ANY and aliases.get(alias) != if_current:
+                return False
             aliases[alias] = version
             data = json.dumps(aliases, indent=2).encode()
             if self.storage.write_if(ALIASES_FILE, data, current[1] if current else None, "application/json"):
-                return
+                return True
         raise StorageError(f"registry {self.uri}: {ALIASES_FILE} kept changing under this promotion; try again")

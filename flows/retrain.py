@@ -69,36 +69,47 @@ def train_candidate(
 
 
 @task(cache_policy=NO_CACHE)
-def production_quality(registry: str, cfg: TrainConfig, val: list[LoadedPair]) -> dict[str, float] | None:
-    """The production model's metrics on the same held-out pairs, or None when there is none yet."""
+def production_quality(
+    registry: str, cfg: TrainConfig, val: list[LoadedPair]
+) -> tuple[str | None, dict[str, float] | None]:
+    """Which version is production, and its metrics on the same held-out pairs (None, None: none yet)."""
     reg = Registry(registry)
-    if PRODUCTION not in reg.aliases() or not val:
-        return None
-    model = reg.load(PRODUCTION)
+    current = reg.aliases().get(PRODUCTION)
+    if current is None:
+        return None, None
+    if not val:
+        return current, None
+    model = reg.load(current)
     images, grays = eval_pairs(val)
-    return evaluate_generator(model.generator, cfg, model.config, images, grays, cfg.device).as_dict()
+    return current, evaluate_generator(model.generator, cfg, model.config, images, grays, cfg.device).as_dict()
 
 
 @task(cache_policy=NO_CACHE)
 def register_and_decide(
-    registry: str, result: TrainResult, production: dict[str, float] | None, criterion: str, promote: bool,
-    problems: list[PairProblem],
+    registry: str, result: TrainResult, production: tuple[str | None, dict[str, float] | None], criterion: str,
+    promote: bool, problems: list[PairProblem],
 ) -> RetrainSummary:  # fmt: skip
-    """Store the candidate as a new version; promote it only if it beats production."""
+    """Store the candidate as a new version; promote it only if it beats production, and only if
+    production is still the version it was measured against."""
     reg = Registry(registry)
-    card = {**result.card, "parent": reg.aliases().get(PRODUCTION), "production_metrics_at_training": production}
+    measured, metrics = production
+    card = {**result.card, "parent": measured, "production_metrics_at_training": metrics}
     version = reg.register(result.generator, card)
     if result.grid is not None:
         buf = io.BytesIO()
         Image.fromarray(result.grid).save(buf, format="PNG")
         reg.storage.write_bytes(f"versions/{version}/samples.png", buf.getvalue(), "image/png")
-    better, reason = is_better(result.metrics, production, criterion)
-    promoted = promote and better
-    if promoted:
-        reg.promote(version)
-    elif better:
+    better, reason = is_better(result.metrics, metrics, criterion)
+    promoted = False
+    if better and not promote:
         reason += "; not promoted (--no-promote)"
-    return RetrainSummary(version, promoted, reason, result.metrics, production, problems)
+    elif better and not (promoted := reg.promote(version, if_current=measured)):
+        now = reg.aliases().get(PRODUCTION)
+        reason += (
+            f"; not promoted: production became {now} while this trained (it was measured against "
+            f"{measured or 'no production model'}); compare them, then `colorize models promote {version}`"
+        )
+    return RetrainSummary(version, promoted, reason, result.metrics, metrics, problems)
 
 
 @task(cache_policy=NO_CACHE)

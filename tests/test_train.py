@@ -25,6 +25,7 @@ from colorize.training.pairs import discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import is_better
 from colorize.training.trainer import (
     TrainConfig,
+    TrainResult,
     _Batches,
     ab_bins,
     edge_aware_smoothness,
@@ -277,6 +278,18 @@ def test_retrain_flow_registers_promotes_and_refuses_an_equal_candidate(photos, 
 
     flagged = retrain(pairs=str(photos), registry=reg, config=TrainConfig(**{**TINY, "seed": 5}), promote=False)
     assert not flagged.promoted and registry.aliases()["production"] == "v1"
+
+    # A candidate measured against v1 while someone promoted v3 by hand: better than v1, but it does
+    # not overwrite a production it never saw.
+    from flows.retrain import register_and_decide
+
+    registry.promote("v3")
+    config = GeneratorConfig(width=4)
+    late = TrainResult(build_generator(config), new_card("late", config, "lab"), metrics={"psnr": 99.0})
+    decided = register_and_decide.fn(reg, late, ("v1", {"psnr": 10.0}), "psnr", True, [])
+    assert not decided.promoted and "production became v3" in decided.reason
+    assert registry.aliases()["production"] == "v3" and registry.card(decided.version)["parent"] == "v1"
+    assert not registry.promote("v1", if_current="v2") and registry.promote("v1", if_current="v3")
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
