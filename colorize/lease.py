@@ -1,4 +1,5 @@
-"""One run at a time per destination: a lease at ``DEST/manifests/lease.json``.
+"""One run at a time per destination: a lease at ``DEST/manifests/lease.json`` (and one training
+at a time per checkpoint folder, by the same means).
 
 Two runs writing one destination at once would colorize the same scans twice, and each would fold
 the other's unfinished manifest as if its run had been killed. So a run takes the destination's
@@ -76,7 +77,8 @@ class Holder:
 
 
 class DestinationLease:
-    """Hold ``dest``'s lease for run ``run_id`` while the ``with`` block runs.
+    """Hold ``dest``'s lease (``key``) for run ``run_id`` while the ``with`` block runs; ``why`` says,
+    in a refusal, what two holders at once would do.
 
     Entering takes the lease (a dead holder's is taken over, with a warning) or raises
     :class:`DestinationBusyError`; a thread renews it every ``renew_seconds``; leaving gives it back.
@@ -89,8 +91,10 @@ class DestinationLease:
         run_id: str,
         lease_seconds: float = LEASE_SECONDS,
         renew_seconds: float = RENEW_SECONDS,
+        key: str = LEASE_KEY,
+        why: str = "two runs on one destination would colorize the same scans twice",
     ):
-        self.dest, self.run_id = dest, run_id
+        self.dest, self.run_id, self.key, self.why = dest, run_id, key, why
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         now = time.time()
         self._holder = Holder(run_id, HOST, os.getpid(), now, now)
@@ -114,7 +118,7 @@ class DestinationLease:
         if self._lost.is_set() or self._version is None:
             return
         try:
-            self.dest.delete_if(LEASE_KEY, self._version)
+            self.dest.delete_if(self.key, self._version)
         except (StorageError, OSError):  # it lapses by itself; the run's own outcome matters more
             log.warning("run %s could not give back the lease at %s", self.run_id, self.dest.uri, exc_info=True)
 
@@ -130,21 +134,21 @@ class DestinationLease:
         for _ in range(5):  # each pass fails only when another run changed the lease meanwhile
             now = time.time()
             mine = replace(self._holder, renewed=now).to_bytes()
-            if (version := self.dest.write_if(LEASE_KEY, mine, None)) is not None:
+            if (version := self.dest.write_if(self.key, mine, None)) is not None:
                 self._version = version
                 return
-            current = self.dest.read_versioned(LEASE_KEY)
+            current = self.dest.read_versioned(self.key)
             if current is None:
                 continue  # given back in between
             data, version = current
             holder = Holder.from_bytes(data)
             if holder is not None and not holder.is_gone(now, self.lease_seconds):
                 raise DestinationBusyError(
-                    f"{self.dest.uri} is in use by {holder.describe(now)}: two runs on one destination "
-                    f"would colorize the same scans twice. Run again when it has finished (a killed run's "
-                    f"lease is taken over at once on its own host, from another after {self.lease_seconds:.0f} s)"
+                    f"{self.dest.uri} is in use by {holder.describe(now)}: {self.why}. Run again when it has "
+                    f"finished (a killed run's lease is taken over at once on its own host, from another after "
+                    f"{self.lease_seconds:.0f} s)"
                 )
-            if (new := self.dest.write_if(LEASE_KEY, mine, version)) is not None:
+            if (new := self.dest.write_if(self.key, mine, version)) is not None:
                 what = holder.describe(now) if holder else "an unreadable holder"
                 log.warning("run %s took over the lease of %s from %s, which is gone", self.run_id, self.dest.uri, what)
                 self._version = new
@@ -155,7 +159,7 @@ class DestinationLease:
         while not self._stop.wait(self.renew_seconds):
             renewed = replace(self._holder, renewed=time.time()).to_bytes()
             try:
-                version = self.dest.write_if(LEASE_KEY, renewed, self._version)
+                version = self.dest.write_if(self.key, renewed, self._version)
             except (StorageError, OSError):  # the next tick tries again; the lease lasts lease_seconds
                 log.warning("run %s could not renew its lease at %s", self.run_id, self.dest.uri, exc_info=True)
                 continue

@@ -13,6 +13,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from colorize.evaluate import eval_pairs
+from colorize.lease import DestinationLease
+from colorize.manifest import new_run_id
 from colorize.registry import PRODUCTION, Registry
 from colorize.report import jpeg_data_uri
 from colorize.storage import open_storage
@@ -23,6 +25,8 @@ from colorize.training.trainer import TrainConfig, TrainResult, evaluate_generat
 # Pairs are held in memory at this short side: the trainer crops from 286px squares and the
 # held-out evaluation looks at up to 768px, so more would only cost memory.
 LOAD_SHORT_SIDE = 384
+CHECKPOINT_LEASE = "lease.json"
+SHARED = "two trainings in one checkpoint folder would overwrite each other's checkpoints (--checkpoint-dir)"
 
 
 @dataclass
@@ -157,10 +161,13 @@ def retrain(
     cfg = config or TrainConfig()
     checkpoints = checkpoint_dir or open_storage(registry).uri_for("checkpoints")
     trn, val, problems = gather_pairs(pairs, cfg.val_fraction)
-    # One model on a GPU at a time (issue 6): training, then the production model on the held-out pairs.
-    with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
-        result = train_candidate(cfg, trn, val, checkpoints, resume, from_model, progress)
-        production = production_quality(registry, cfg, val)
+    # One training at a time per checkpoint folder: another would overwrite its checkpoints, and a
+    # --resume would carry on someone else's run.
+    with DestinationLease(open_storage(checkpoints), f"train-{new_run_id()}", key=CHECKPOINT_LEASE, why=SHARED):
+        # One model on a GPU at a time (issue 6): training, then the production model on the held-out pairs.
+        with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
+            result = train_candidate(cfg, trn, val, checkpoints, resume, from_model, progress)
+            production = production_quality(registry, cfg, val)
     summary = register_and_decide(registry, result, production, criterion, promote, problems)
     publish(summary, result, registry)
     get_run_logger().info("version %s: %s", summary.version, summary.reason)

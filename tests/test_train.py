@@ -18,9 +18,11 @@ from safetensors.torch import load_file
 
 from colorize.color import luma, normalize_ab, rgb_to_lab
 from colorize.evaluate import chroma_axes, gray_baseline, outputs, sample_grid
+from colorize.lease import DestinationBusyError, DestinationLease
 from colorize.model import GeneratorConfig, build_generator
 from colorize.modelfile import new_card
 from colorize.registry import Registry
+from colorize.storage import open_storage
 from colorize.training.pairs import discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import is_better
 from colorize.training.trainer import (
@@ -258,7 +260,7 @@ def photos(tmp_path_factory) -> Path:
 
 
 def test_retrain_flow_registers_promotes_and_refuses_an_equal_candidate(photos, tmp_path, prefect_api_url):
-    from flows.retrain import retrain
+    from flows.retrain import CHECKPOINT_LEASE, retrain
 
     reg = str(tmp_path / "registry")
     first = retrain(pairs=str(photos), registry=reg, config=TrainConfig(**TINY))
@@ -282,6 +284,12 @@ def test_retrain_flow_registers_promotes_and_refuses_an_equal_candidate(photos, 
     # A candidate measured against v1 while someone promoted v3 by hand: better than v1, but it does
     # not overwrite a production it never saw.
     from flows.retrain import register_and_decide
+
+    # A second training into the same checkpoint folder stops before training, naming the first.
+    with DestinationLease(open_storage(f"{reg}/checkpoints"), "train-earlier", key=CHECKPOINT_LEASE):
+        with pytest.raises(DestinationBusyError, match="in use by run train-earlier.*checkpoint-dir"):
+            retrain(pairs=str(photos), registry=reg, config=TrainConfig(**TINY))
+    assert registry.versions() == ["v1", "v2", "v3"]
 
     registry.promote("v3")
     config = GeneratorConfig(width=4)
