@@ -84,24 +84,21 @@ class LocalStorage:
         self, key: str, data: bytes, version: str | None, content_type: str = "application/octet-stream"
     ) -> str | None:
         with self._locked(key) as path:
-            if self._version_of(path) != version:
+            if self._version_of(key) != version:
                 return None
             self._put(path, data)
             return _version(data)
 
     def delete_if(self, key: str, version: str) -> bool:
         with self._locked(key) as path:
-            if self._version_of(path) != version:
+            if self._version_of(key) != version:
                 return False
             path.unlink()
             return True
 
-    @staticmethod
-    def _version_of(path: Path) -> str | None:
-        try:
-            return _version(path.read_bytes())
-        except FileNotFoundError:
-            return None
+    def _version_of(self, key: str) -> str | None:
+        current = self.read_versioned(key)
+        return current[1] if current else None
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[Path]:

@@ -253,7 +253,7 @@ class S3Storage:
             try:
                 return request()
             except ClientError as err:
-                if int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) in (409, 412):
+                if _status(err) in (409, 412):
                     return None
                 raise
 
@@ -301,6 +301,11 @@ class S3Storage:
             raise StorageError(f"{where} failed: {type(err).__name__}: {err}") from None
 
 
+def _status(err: ClientError) -> int:
+    """The HTTP status S3 answered with (0 when the error carries none)."""
+    return int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+
+
 def _raise_client_error(where: str, err: ClientError) -> NoReturn:
     """FileNotFoundError for a missing object, StorageError for a fault of the storage, else OSError."""
     # Only the error's code and message are used: S3's error body for a bad signature also
@@ -308,7 +313,7 @@ def _raise_client_error(where: str, err: ClientError) -> NoReturn:
     error = err.response.get("Error", {})
     code = str(error.get("Code") or "")
     message = str(error.get("Message") or "")
-    status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    status = _status(err)
     detail = f"{code or status}: {message}".rstrip(": ")
     # `from None` everywhere: the chained ClientError would only repeat this, less clearly.
     if code in _MISSING_CODES:
