@@ -172,12 +172,15 @@ class JpegLane:
         """Full-resolution grays -> (B, size, size) float32 in [0, 1], squashed as :func:`engine.model_input`."""
         return torch.cat([tensor_color.resize_area(g[None, None].float() / 255.0, size, size)[:, 0] for g in grays])
 
-    def merge(self, grays: Sequence[torch.Tensor], ab: torch.Tensor) -> list[torch.Tensor]:
+    def merge(
+        self, grays: Sequence[torch.Tensor], ab: torch.Tensor, small: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Put the chroma on each gray at full resolution.
 
         Args:
             grays: (H_i, W_i) uint8 on the device.
             ab: (B, 2, S, S) float32 chroma on the device, one per gray.
+            small: (B, S, S) the model's input, from :meth:`model_input`, so the grays are not shrunk again.
 
         Returns:
             (3, H_i, W_i) uint8 sRGB on the device, one per gray.
@@ -189,7 +192,9 @@ class JpegLane:
         for same in by_size.values():
             for start in range(0, len(same), _MERGE_CHUNK):
                 chunk = same[start : start + _MERGE_CHUNK]
-                merged = tensor_color.merge_chroma(torch.stack([grays[i] for i in chunk]), ab[chunk])
+                merged = tensor_color.merge_chroma(
+                    torch.stack([grays[i] for i in chunk]), ab[chunk], None if small is None else small[chunk]
+                )
                 for i, rgb in zip(chunk, merged, strict=True):
                     rgbs[i] = rgb
         return rgbs
@@ -202,7 +207,11 @@ class JpegLane:
         return [set_jpeg_dpi(e.cpu().numpy().tobytes(), dpi) for e, dpi in zip(encoded, dpis, strict=True)]
 
     def merge_encode(
-        self, grays: Sequence[torch.Tensor], ab: torch.Tensor, dpis: Sequence[tuple[float, float] | None]
+        self,
+        grays: Sequence[torch.Tensor],
+        ab: torch.Tensor,
+        dpis: Sequence[tuple[float, float] | None],
+        small: torch.Tensor | None = None,
     ) -> list[bytes]:
         """:meth:`merge`, then :meth:`encode`."""
-        return self.encode(self.merge(grays, ab), dpis)
+        return self.encode(self.merge(grays, ab, small), dpis)

@@ -406,7 +406,8 @@ class ShardProcessor:
             return
         grays = [d.gray for _, _, d in ready]
         try:
-            ab = self.colorizer.predict_ab_tensor(self.lane.model_input(grays, self.colorizer.image_size))
+            small = self.lane.model_input(grays, self.colorizer.image_size)
+            ab = self.colorizer.predict_ab_tensor(small)
         except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM on a huge batch: record, go on
             log.exception("model failed on a batch")
             reason = f"model failed on this batch: {type(err).__name__}: {err}"
@@ -416,13 +417,16 @@ class ShardProcessor:
         writes.extend((index, fut) for (index, _, _), fut in zip(ready, outputs, strict=True))
         prepared = [p for _, p, _ in ready]
         assert self._gpu_encoder is not None
-        self._gpu_encoder.submit(in_this_context(self._merge_encode_deliver), prepared, grays, ab, outputs, writers)
+        self._gpu_encoder.submit(
+            in_this_context(self._merge_encode_deliver), prepared, grays, ab, small, outputs, writers
+        )
 
     def _merge_encode_deliver(
         self,
         prepared: list[_Prepared],
         grays: list[torch.Tensor],
         ab: torch.Tensor,
+        small: torch.Tensor,
         outputs: list[Future[ManifestRow | _Prepared]],
         writers: ThreadPoolExecutor,
     ) -> None:
@@ -433,7 +437,7 @@ class ShardProcessor:
         """
         assert self.lane is not None
         try:
-            encoded = self.lane.merge_encode(grays, ab, [p.scan.dpi for p in prepared])
+            encoded = self.lane.merge_encode(grays, ab, [p.scan.dpi for p in prepared], small)
         except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM: these files fail, the run goes on
             log.exception("GPU merge or encode failed on a batch")
             for p, fut in zip(prepared, outputs, strict=True):

@@ -148,7 +148,9 @@ def chroma_guide(
     return box(torch.cat([slope, mean_ab - slope * mean_l], dim=1))
 
 
-def merge_chroma(gray: torch.Tensor, ab: torch.Tensor, guide_radius: int = GUIDE_RADIUS) -> torch.Tensor:
+def merge_chroma(
+    gray: torch.Tensor, ab: torch.Tensor, small: torch.Tensor | None = None, guide_radius: int = GUIDE_RADIUS
+) -> torch.Tensor:
     """The model's chroma on the scans' own luminance, at the scans' own resolution.
 
     The tensor form of :func:`colorize.color.merge_chroma`, for a batch of same-sized 8-bit scans.
@@ -156,6 +158,9 @@ def merge_chroma(gray: torch.Tensor, ab: torch.Tensor, guide_radius: int = GUIDE
     Args:
         gray: (B, H, W) uint8 sRGB gray levels.
         ab: (B, 2, h, w) float32 chroma (usually 256x256), upsampled here along the scans' edges.
+        small: (B, h, w) float32 gray in [0, 1], the grays area-shrunk to ``ab``'s size (the model's
+            input, when the caller has it: shrinking again reads every full-resolution pixel once
+            more); made here when None.
         guide_radius: :func:`chroma_guide`'s window radius, in ``ab``'s pixels; 0 for bicubic.
 
     Returns:
@@ -165,9 +170,10 @@ def merge_chroma(gray: torch.Tensor, ab: torch.Tensor, guide_radius: int = GUIDE
     lightness = gray_u8_to_lightness(gray)[:, None]
     guide_radius = min(guide_radius, (min(ab.shape[-2:]) - 1) // 2)
     if guide_radius > 0:
-        small = resize_area(gray[:, None].float() / 255.0, *ab.shape[-2:])
+        if small is None:
+            small = resize_area(gray[:, None].float() / 255.0, *ab.shape[-2:])[:, 0]
         guide = F.interpolate(
-            chroma_guide(gray_to_lightness(small), ab, guide_radius),
+            chroma_guide(gray_to_lightness(small)[:, None], ab, guide_radius),
             size=(height, width),
             mode="bilinear",
             align_corners=False,

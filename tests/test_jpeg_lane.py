@@ -47,6 +47,11 @@ def test_tensor_merge_matches_opencv_merge():
         diff = np.abs(tensor.astype(int) - cpu)
         # The guide fits chroma to the gray at 256, whose area averages differ by a code here and there.
         assert diff.max() <= (1 if radius == 0 else 3) and (diff > 1).mean() < 0.002
+    # The lane hands the merge the model's input it already made: the same colour, the grays not shrunk twice.
+    full = torch.from_numpy(gray)
+    small = JpegLane(CPU).model_input([full], 256)
+    made_here = tensor_color.merge_chroma(full[None], _chw(ab)[None])
+    assert torch.equal(tensor_color.merge_chroma(full[None], _chw(ab)[None], small), made_here)
 
 
 def test_tensor_colour_helpers_match_the_cpu_ones():
