@@ -18,6 +18,7 @@ from PIL import Image
 
 from colorize import model_cache
 from colorize.color import COLOUR_METHOD
+from colorize.host import HOST
 from colorize.imaging import decode_scan
 from colorize.lease import LEASE_KEY, DestinationBusyError, DestinationLease
 from colorize.manifest import COLUMNS
@@ -298,7 +299,7 @@ def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     assert held["pid"] == proc.pid  # the killed run's lease, taken over at once below: its process is gone
     # What a write cut off by the kill leaves (the kill rarely lands mid-write, so made here for sure).
     (dest / TEMP_DIR).mkdir(exist_ok=True)
-    (dest / TEMP_DIR / f"{TEMP_PREFIX}{proc.pid}@{socket.gethostname()}-cut").write_bytes(b"half a file")
+    (dest / TEMP_DIR / f"{TEMP_PREFIX}{proc.pid}@{HOST}-cut").write_bytes(b"half a file")
 
     done = _cli(args, cli_env)
     assert done.returncode == 0, done.stderr

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from colorize.host import HOST
 from colorize.storage import UnsafeKeyError, check_key, open_storage
 from colorize.storage.local import TEMP_DIR, TEMP_PREFIX
 
@@ -68,9 +68,8 @@ def test_sweep_removes_only_what_dead_writers_left(tmp_path):
     store.write_bytes("x.jpg", b"x")  # makes the staging folder
     staging = tmp_path / TEMP_DIR
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    host = socket.gethostname()
-    dead = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}@{host}-abc123"  # killed mid-write
-    alive = staging / f"{TEMP_PREFIX}{os.getpid()}@{host}-def456"  # a run writing now
+    dead = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}@{HOST}-abc123"  # killed mid-write
+    alive = staging / f"{TEMP_PREFIX}{os.getpid()}@{HOST}-def456"  # a run writing now
     foreign = staging / f"{TEMP_PREFIX}42@other-host-ghi789"  # another machine's, recent
     old_foreign = staging / f"{TEMP_PREFIX}42@other-host-jkl012"
     for path in (dead, alive, foreign, old_foreign):
