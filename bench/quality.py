@@ -2,7 +2,7 @@
 
     python bench/quality.py PHOTOS [--model PATH] [--val-fraction F] [--long-side PX] [--json PATH]
                             [--sheet PATH] [--split val|train] [--chroma-scales S,..] [--chroma-medians K,..]
-                            [--guide-radii R,..] [--axes]
+                            [--guide-radii R,..] [--axes] [--upside-down]
 
 PHOTOS is a folder of colour photos (the starter set: ``scripts/starter_data.py``). The held-out
 split is the one training used: a hash of each file name (``--val-fraction``, by default the
@@ -21,7 +21,9 @@ also measure the model under other calibrations (applied on top of its card's), 
 ``--guide-radii`` under other windows of the guided chroma upsampling (0: plain bicubic).
 ``--axes`` also prints how much of each chroma axis the model and the baselines predict
 (:func:`colorize.evaluate.chroma_axes`): the spread of a* (green-red) and of b* (blue-yellow) as a
-ratio to the truth's, and what becomes of the truth's green pixels.
+ratio to the truth's, and what becomes of the truth's green pixels. ``--upside-down`` also measures
+the model shown each gray upside down (its chroma turned back), and the mean of both ways up: how
+much of the model's colour comes from where a region sits in the frame.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -88,6 +91,11 @@ def main() -> None:
         "(model pixels; 0: plain bicubic), e.g. 0,4,16",
     )
     parser.add_argument("--axes", action="store_true", help="also measure each chroma axis (green-red, blue-yellow)")
+    parser.add_argument(
+        "--upside-down",
+        action="store_true",
+        help="also measure the model shown each gray upside down, and the mean of both ways up",
+    )
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -103,6 +111,12 @@ def main() -> None:
     colorizer = Colorizer(model, device=args.device)
     mean_chroma = mean_chroma_baseline(mean_ab([p.rgb for p in train]))
 
+    def upside_down(gray: np.ndarray) -> np.ndarray:
+        return colorizer.predict_ab(np.ascontiguousarray(gray[:, ::-1]))[:, ::-1]
+
+    def both_ways_up(gray: np.ndarray) -> np.ndarray:
+        return 0.5 * (colorizer.predict_ab(gray) + upside_down(gray))
+
     # The model's and the baselines' outputs are kept, to be scored, measured per axis and shown
     # from one pass each.
     model_out = list(outputs(images, colorizer.predict_ab, grays=grays))
@@ -117,6 +131,11 @@ def main() -> None:
         **{
             f"guide r{r}": evaluate(images, colorizer.predict_ab, grays=grays, guide_radius=r)
             for r in (int(x) for x in (args.guide_radii.split(",") if args.guide_radii else []))
+        },
+        **{
+            name: evaluate(images, predict, grays=grays)
+            for name, predict in (("upside down", upside_down), ("both ways up", both_ways_up))
+            if args.upside_down
         },
         **{name: score(pairs) for name, pairs in baseline_out.items()},
     }

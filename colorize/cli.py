@@ -135,6 +135,9 @@ def train(
         float, typer.Option(help="Share of crops whose gray is shaded by smooth light and shadow (0 = off).")
     ] = 0.0,
     shade: Annotated[float, typer.Option(help="Largest gain of that shading, as a share (0.2: 0.8 to 1.2).")] = 0.2,
+    vflip_probability: Annotated[
+        float, typer.Option(help="Share of crops turned upside down, so position cannot decide a colour (0 = off).")
+    ] = 0.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-4,
     decay_epoch: Annotated[int, typer.Option(help="Linear decay to 0 starts after this epoch.")] = 100,
@@ -168,7 +171,7 @@ def train(
         cfg = TrainConfig(
             color_mode=color_mode, width=width, depth=depth, image_size=image_size, load_size=load_size,
             min_crop_scale=min_crop_scale, blur_probability=blur_probability, blur_sigma=blur_sigma,
-            shade_probability=shade_probability, shade=shade, epochs=epochs,
+            shade_probability=shade_probability, shade=shade, vflip_probability=vflip_probability, epochs=epochs,
             batch_size=batch_size, lr=lr, decay_epoch=decay_epoch, lambda_l1=lambda_l1,
             lambda_smooth=lambda_smooth, rebalance=rebalance,
             l1_warmup_epochs=l1_warmup_epochs, ema_decay=ema_decay, val_fraction=val_fraction,

@@ -185,6 +185,19 @@ def test_shading_changes_the_grays_light_smoothly_and_never_the_colour(tmp_path)
         TrainConfig(color_mode="rgb", shade_probability=0.5)
 
 
+def test_upside_down_crops_turn_gray_and_colour_together_and_only_when_asked(tmp_path):
+    write(tmp_path / "photos/p.png", encode(_colour(6, 72), "PNG"))
+    pairs, _ = load_pairs(discover_pairs(str(tmp_path / "photos"))[0])
+    plain_x, plain_y = _Batches(TrainConfig(**TINY), pairs).batch([0], np.random.default_rng(3))
+    assert TrainConfig().vflip_probability == 0  # off by default
+    # The same crop and left-right flip (drawn first), upside down: the pair still matches pixel for pixel.
+    x, y = _Batches(TrainConfig(**TINY, vflip_probability=1.0), pairs).batch([0], np.random.default_rng(3))
+    assert torch.equal(x, plain_x.flip(-2)) and torch.equal(y, plain_y.flip(-2))
+    assert not torch.equal(x, plain_x)
+    with pytest.raises(ValueError, match="vflip"):
+        TrainConfig(vflip_probability=2.0)
+
+
 def test_rebalancing_weights_rare_colours_up_and_keeps_the_loss_size():
     # Photos that are mostly gray, with a small green patch: green is the rare colour.
     photos = [np.full((64, 64, 3), 120 + 10 * i, np.uint8) for i in range(3)]

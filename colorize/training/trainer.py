@@ -67,6 +67,10 @@ class TrainConfig:
     # do not change its colour (the starter model's blurred backgrounds drift blue where brighter).
     shade_probability: float = 0.0
     shade: float = 0.2
+    # Share of crops turned upside down, input and target alike (0 = off): the starter model paints a
+    # bright blurred background blue where it sits high in the frame, as skies do; upside down, the
+    # position says nothing, and only what the region looks like can tell sky from foliage.
+    vflip_probability: float = 0.0
     epochs: int = 100
     batch_size: int = 1  # pix2pix's
     lr: float = 2e-4
@@ -109,6 +113,8 @@ class TrainConfig:
             raise ValueError("shade_probability must be in [0, 1] and shade in [0, 1)")
         if self.shade_probability and self.color_mode != "lab":
             raise ValueError("shading changes the gray but not the colour, so it needs color_mode lab")
+        if not 0 <= self.vflip_probability <= 1:
+            raise ValueError("vflip_probability must be in [0, 1]")
         if not 0 <= self.rebalance <= 1:
             raise ValueError("rebalance must be in [0, 1]")
         if self.rebalance and self.color_mode != "lab":
@@ -201,6 +207,7 @@ class _Batches(torch.utils.data.Dataset):
             if cfg.shade_probability and rng.random() < cfg.shade_probability
             else None
         )
+        vflip = bool(cfg.vflip_probability and rng.random() < cfg.vflip_probability)
         out = []
         for img in (self.gray[i], self.rgb[i]):
             crop = img[y : y + side, x : x + side]
@@ -208,6 +215,7 @@ class _Batches(torch.utils.data.Dataset):
             crop = cv2.resize(crop, (cfg.image_size, cfg.image_size), interpolation=interp)
             if sigma:
                 crop = cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+            crop = crop[::-1] if vflip else crop
             out.append(crop[:, ::-1] if flip else crop)
         if gains is not None:
             out[0] = shade_gray(out[0], gains)
