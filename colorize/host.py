@@ -1,23 +1,54 @@
 """This machine: its name, and whether a process of it still lives.
 
-Runs leave their host and process id on what they hold (temp files, the destination's lease), so
-that the next run on the same host can tell at once whether the holder was killed.
+Runs leave their host, process id and the process's start time on what they hold (temp files, the
+destination's lease), so that the next run on the same host can tell at once whether the holder
+was killed. The start time matters because process ids are reused: a container restarted after a
+crash numbers its processes from 1 again, so the next run often gets the very id of the killed one.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
+import psutil
+
 HOST = socket.gethostname()
 
+# How far apart two readings of one process's start time may lie: the kernel counts it in clock
+# ticks since boot, and the boot time it is added to is rounded to whole seconds.
+START_TOLERANCE_S = 1.0
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host exists (another user's counts as alive)."""
+
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` of this host started, in seconds since the epoch; None when there is none."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+@functools.cache
+def _own_start(pid: int) -> float:
+    started = process_started(pid)
+    assert started is not None  # this very process
+    return started
+
+
+def this_process() -> tuple[int, float]:
+    """This process's id and start time (seconds since the epoch), as :func:`process_alive` takes them."""
+    pid = os.getpid()  # not cached itself: a forked worker is another process
+    return pid, _own_start(pid)
+
+
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Whether process ``pid`` of this host exists (another user's counts as alive) and, when
+    ``started`` is given, is the one that started then, not a later process given the same id."""
+    try:
+        now_started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
+    return started is None or abs(now_started - started) <= START_TOLERANCE_S

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
 
-from colorize.host import HOST, process_alive
+from colorize.host import HOST, process_alive, this_process
 from colorize.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -50,6 +49,9 @@ class Holder:
     pid: int
     started: float
     renewed: float
+    # When the process started (None in leases written before it was recorded): a later process
+    # given the same id, as after a container restart, is not the holder.
+    pid_started: float | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -64,7 +66,7 @@ class Holder:
 
     def is_gone(self, now: float, lease_seconds: float) -> bool:
         """Whether the holder is dead: its process gone from this host, or silent too long."""
-        if self.host == HOST and not process_alive(self.pid):
+        if self.host == HOST and not process_alive(self.pid, self.pid_started):
             return True
         return now - self.renewed > lease_seconds
 
@@ -97,7 +99,8 @@ class DestinationLease:
         self.dest, self.run_id, self.key, self.why = dest, run_id, key, why
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         now = time.time()
-        self._holder = Holder(run_id, HOST, os.getpid(), now, now)
+        pid, pid_started = this_process()
+        self._holder = Holder(run_id, HOST, pid, now, now, pid_started)
         self._version: str | None = None
         self._stop = threading.Event()
         self._lost = threading.Event()

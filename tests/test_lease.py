@@ -15,7 +15,7 @@ from threading import Barrier
 import boto3
 import pytest
 
-from colorize.host import HOST
+from colorize.host import HOST, this_process
 from colorize.lease import LEASE_KEY, DestinationBusyError, DestinationLease, Holder
 from colorize.storage import Storage, open_storage
 from colorize.storage.s3 import S3Storage
@@ -101,6 +101,24 @@ def test_a_dead_or_silent_holders_lease_is_taken_over(store, caplog):
     store.write_bytes(LEASE_KEY, b"not a lease")
     with DestinationLease(store, "after-junk"):
         assert _lease_holder(store).run_id == "after-junk"  # type: ignore[union-attr]
+
+
+def test_a_killed_holders_lease_is_taken_over_at_once_when_its_process_id_went_to_another(store):
+    # A container restarted after a crash numbers its processes afresh: the next run often gets the
+    # killed run's very id. Here that later process is this one; the holder started an hour earlier.
+    pid, started = this_process()
+    now = time.time()
+    killed_with_my_id = Holder("killed", HOST, pid, now - 3600, now - 5, pid_started=started - 3600)
+    store.write_bytes(LEASE_KEY, killed_with_my_id.to_bytes())
+    with DestinationLease(store, "restarted"):
+        assert _lease_holder(store).run_id == "restarted"  # type: ignore[union-attr]
+        assert _lease_holder(store).pid_started == started  # type: ignore[union-attr]
+    # A lease from before start times were recorded names the process by its id alone.
+    no_start = json.loads(killed_with_my_id.to_bytes())
+    del no_start["pid_started"]
+    store.write_bytes(LEASE_KEY, json.dumps(no_start).encode())
+    with pytest.raises(DestinationBusyError, match="in use by run killed"), DestinationLease(store, "x"):
+        pass
 
 
 def test_the_lease_is_renewed_and_a_holder_that_lost_it_finds_out(store):

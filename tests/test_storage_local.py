@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from colorize.host import HOST
+from colorize.host import HOST, this_process
 from colorize.storage import UnsafeKeyError, check_key, open_storage
 from colorize.storage.local import TEMP_DIR, TEMP_PREFIX
 
@@ -69,13 +69,16 @@ def test_sweep_removes_only_what_dead_writers_left(tmp_path):
     staging = tmp_path / TEMP_DIR
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}@{HOST}-abc123"  # killed mid-write
-    alive = staging / f"{TEMP_PREFIX}{os.getpid()}@{HOST}-def456"  # a run writing now
+    alive = staging / f"{TEMP_PREFIX}{os.getpid()}@{HOST}-def456"  # a run writing now (named by id alone)
+    pid, started = this_process()
+    alive_started = staging / f"{TEMP_PREFIX}{pid}.{started:.2f}@{HOST}-mno345"  # ... by id and start
+    reused = staging / f"{TEMP_PREFIX}{pid}.{started - 3600:.2f}@{HOST}-pqr678"  # a killed run with my id
     foreign = staging / f"{TEMP_PREFIX}42@other-host-ghi789"  # another machine's, recent
     old_foreign = staging / f"{TEMP_PREFIX}42@other-host-jkl012"
-    for path in (dead, alive, foreign, old_foreign):
+    for path in (dead, alive, alive_started, reused, foreign, old_foreign):
         path.write_bytes(b"partial")
     day_ago = time.time() - 25 * 3600
     os.utime(old_foreign, (day_ago, day_ago))
-    assert store.sweep_temp() == 2
-    assert sorted(p.name for p in staging.iterdir()) == sorted([alive.name, foreign.name])
+    assert store.sweep_temp() == 3
+    assert sorted(p.name for p in staging.iterdir()) == sorted([alive.name, alive_started.name, foreign.name])
     assert (tmp_path / "x.jpg").read_bytes() == b"x"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from colorize.host import HOST, process_alive
+from colorize.host import HOST, process_alive, this_process
 from colorize.storage import ObjectInfo, StorageError, check_key
 
 # Temporary files start with this, so that a listing (and a rerun after a kill) never takes one
@@ -163,7 +163,8 @@ def _version(data: bytes) -> str:
 
 def _write_atomically(path: Path, data: bytes, staging: Path) -> None:
     """Write to a temp file in ``staging`` (same filesystem as ``path``), then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}@{HOST}-", dir=staging)
+    pid, started = this_process()
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{pid}.{started:.2f}@{HOST}-", dir=staging)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -178,10 +179,15 @@ def _write_atomically(path: Path, data: bytes, staging: Path) -> None:
 
 def _is_stale(entry: Path) -> bool:
     """Whether a temp file's writer is gone (see :meth:`LocalStorage.sweep_temp`)."""
-    pid_text, _, rest = entry.name[len(TEMP_PREFIX) :].partition("@")
+    writer, _, rest = entry.name[len(TEMP_PREFIX) :].partition("@")
     host = rest.rpartition("-")[0]
+    pid_text, _, started_text = writer.partition(".")  # "PID.START", or "PID" in files named before the start was
     if host == HOST and pid_text.isdigit():
-        return not process_alive(int(pid_text))
+        try:
+            started = float(started_text) if started_text else None
+        except ValueError:
+            started = None
+        return not process_alive(int(pid_text), started)
     try:
         return time.time() - entry.stat().st_mtime > _FOREIGN_TEMP_SECONDS
     except FileNotFoundError:
