@@ -70,7 +70,8 @@ class Scan:
         bit_depth: 8 or 16, the depth of ``gray``.
         format: Pillow format name (``JPEG``, ``PNG``, ``TIFF``, ``WEBP``, ``BMP``, ``JPEG2000``).
         pages: number of frames in the file (multi-page TIFF); only the first is used.
-        dpi: (x, y) resolution when the file records one.
+        dpi: (x, y) resolution of the upright image when the file records one.
+        note: what of the file could not be read though the first page could ("" when nothing).
     """
 
     gray: np.ndarray
@@ -80,6 +81,7 @@ class Scan:
     format: str
     pages: int
     dpi: tuple[float, float] | None
+    note: str = ""
 
     @property
     def height(self) -> int:
@@ -95,10 +97,28 @@ def _open(data: bytes) -> Image.Image:
         raise ScanError("empty file (0 bytes)")
     try:
         return Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
+    except UnidentifiedImageError as err:
+        if (kind := _signature(data)) is not None:
+            raise ScanError(
+                f"a {kind} file that cannot be read: cut short, damaged, or a layout the reader does not "
+                f"support ({err})"
+            ) from None
         raise ScanError("not an image: no known image format recognised in the file header") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise _decode_error(err, "header") from None
+
+
+_SIGNATURES = (
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"), (b"BM", "BMP"),
+)  # fmt: skip
+
+
+def _signature(data: bytes) -> str | None:
+    """The format a file's first bytes name, whether or not the rest of it can be read."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in _SIGNATURES if data.startswith(magic)), None)
 
 
 def _decode_error(err: Exception, part: str) -> ScanError:
@@ -156,8 +176,11 @@ def _to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
         arr = np.asarray(img, dtype=np.int64)
         return np.clip(arr, 0, 65535).astype(np.uint16), None, 16
     if mode == "F":
+        # Float scans come as [0, 1], as Pillow's own [0, 255] (mode L converted), or as 16-bit
+        # counts; the largest value says which.
         arr = np.asarray(img, dtype=np.float32)
-        top = 1.0 if arr.max(initial=0.0) <= 1.0 else 65535.0
+        peak = arr.max(initial=0.0)
+        top = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0
         return np.clip(arr / top * 65535.0 + 0.5, 0, 65535).astype(np.uint16), None, 16
     if mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.uint8), None, 8
@@ -177,10 +200,17 @@ def _to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
     return luma(rgb), shrink(rgb, PREVIEW_SIZE), 8
 
 
+def _format(img: Image.Image) -> str:
+    """The scan's format: a JPEG that carries further images (MPO: a camera's preview, a gain map,
+    the other eye of a stereo pair) is a JPEG, read and written as one."""
+    fmt = img.format or "unknown"
+    return "JPEG" if fmt == "MPO" else fmt
+
+
 def _checked(data: bytes, max_pixels: int) -> Image.Image:
     """Open (the header only), and refuse unsupported formats and images over the pixel limit."""
     img = _open(data)
-    fmt = img.format or "unknown"
+    fmt = _format(img)
     if fmt not in FORMATS:
         raise ScanError(f"unsupported image format {fmt}; supported: {', '.join(FORMATS)}")
     width, height = img.size
@@ -194,24 +224,57 @@ def _checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _load_upright(img: Image.Image) -> tuple[Image.Image, str, int, str, tuple[float, float] | None]:
+def _load_upright(img: Image.Image) -> tuple[Image.Image, str, int, str, tuple[float, float] | None, str]:
     """Decode the first page of an image :func:`_checked` opened and apply EXIF orientation.
 
     Returns:
-        (upright image, format name, page count, original mode, dpi).
+        (upright image, format name, page count, original mode, dpi of the upright image, a note on
+        pages that cannot be read or "").
     """
-    fmt = img.format or "unknown"
-    pages = int(getattr(img, "n_frames", 1) or 1)
+    fmt = _format(img)
+    pages, note = _pages(img)
     mode, dpi = img.mode, dpi_of(img)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": orientation then stays as is
             img.seek(0)
             img.load()
+            if dpi and _orientation(img) in _TURNED:
+                dpi = (dpi[1], dpi[0])  # the upright image's x is the stored one's y
             img = ImageOps.exif_transpose(img) or img
     except (OSError, ValueError, SyntaxError, IndexError, EOFError) as err:
         raise _decode_error(err, "data") from None
-    return img, fmt, pages, mode, dpi
+    return img, fmt, pages, mode, dpi, note
+
+
+# EXIF orientations that turn the image a quarter (5-8): width and height trade places.
+_TURNED = frozenset({5, 6, 7, 8})
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112) or 1)
+    except (ValueError, TypeError, SyntaxError, OSError):  # damaged EXIF: Pillow leaves it as stored too
+        return 1
+
+
+def _pages(img: Image.Image) -> tuple[int, str]:
+    """How many pages (frames) the file holds, and a note when some after the first cannot be read.
+
+    The first page is what is colorized, so damage after it is a note on the row, not a failure.
+    A JPEG's further images (MPO) are not pages of the scan.
+    """
+    if img.format == "MPO":
+        return 1, ""
+    try:
+        return int(getattr(img, "n_frames", 1) or 1), ""
+    except Exception as err:  # noqa: BLE001 - Pillow raises anything from a damaged page chain
+        # Where the chain breaks cannot be told for sure (Pillow seeks to a bad page without
+        # complaint), so only the first page, which is read on its own, is counted.
+        return (
+            1,
+            f"the pages after the first cannot be counted or read: the file's chain of pages is damaged ({err or type(err).__name__})",
+        )
 
 
 def _jpeg2000_gray(data: bytes) -> tuple[np.ndarray, np.ndarray | None, int]:
@@ -225,6 +288,10 @@ def _jpeg2000_gray(data: bytes) -> tuple[np.ndarray, np.ndarray | None, int]:
         arr = imagecodecs.jpeg2k_decode(data, numthreads=1)  # the shard's readers are the threads
     except imagecodecs.Jpeg2kError as err:
         raise ScanError(f"corrupt or truncated image data: OpenJPEG could not decode it ({err})") from None
+    bits, full = jp2_precision(data), 8 * arr.dtype.itemsize
+    if bits and bits < full:  # e.g. 12-bit samples, which OpenJPEG returns as counts up to 4095
+        top = (1 << bits) - 1
+        arr = ((arr.astype(np.uint32) * ((1 << full) - 1) + top // 2) // top).astype(arr.dtype)
     if arr.ndim == 2:
         return arr, None, 16 if arr.dtype == np.uint16 else 8
     if arr.dtype == np.uint16:
@@ -233,6 +300,59 @@ def _jpeg2000_gray(data: bytes) -> tuple[np.ndarray, np.ndarray | None, int]:
         return _on_white(arr[..., 0], arr[..., 1]), None, 8
     rgb = _on_white(arr[..., :3], arr[..., 3]) if arr.shape[2] == 4 else np.ascontiguousarray(arr[..., :3])
     return luma(rgb), shrink(rgb, PREVIEW_SIZE), 8
+
+
+def jp2_precision(data: bytes) -> int | None:
+    """Bits per sample of a .jp2 file, from its image header box (``ihdr``, ISO 15444-1 I.5.3.1;
+    the largest of ``bpcc``'s when the components differ); None when the file has none."""
+    at = data.find(b"ihdr", 0, 4096)
+    if at < 0 or len(data) < at + 16:
+        return None
+    bpc = data[at + 14]
+    if bpc != 255:
+        return (bpc & 0x7F) + 1
+    at = data.find(b"bpcc", at, 4096)
+    components = int.from_bytes(data[at - 4 : at], "big") - 8 if at >= 4 else 0
+    return max(((b & 0x7F) + 1 for b in data[at + 4 : at + 4 + components]), default=None) if components > 0 else None
+
+
+def _colour16(img: Image.Image, data: bytes) -> np.ndarray | None:
+    """A 16-bit-per-channel colour TIFF or PNG ("48-bit" scans; Pillow reads them as 8-bit) as
+    (H, W, 3 or 4) uint16 RGB(A), upright; None for any other image, or one OpenCV cannot read."""
+    if img.mode not in ("RGB", "RGBA"):
+        return None
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258)  # BitsPerSample
+        deep = isinstance(bits, tuple) and max(bits, default=0) == 16
+    else:
+        deep = img.format == "PNG" and data[24:25] == b"\x10"  # IHDR's bit depth
+    if not deep:
+        return None
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # first page; no rotation
+    if arr is None or arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return None
+    arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(_upright(arr, _orientation(img)))
+
+
+def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W, ...) as stored -> as seen, for an EXIF orientation 1-8 (as ``ImageOps.exif_transpose``)."""
+    ops = {
+        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1), 6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: a.swapaxes(0, 1)[::-1],
+    }  # fmt: skip
+    return ops[orientation](arr) if orientation in ops else arr
+
+
+def _gray16(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3 or 4) uint16 RGB(A) -> (gray (H, W) uint16, preview (h, w, 3) uint8), alpha on white."""
+    rgb = rgba[..., :3]
+    if rgba.shape[2] == 4:
+        a = rgba[..., 3:].astype(np.float32) / 65535.0
+        rgb = np.clip(rgb.astype(np.float32) * a + 65535.0 * (1.0 - a) + 0.5, 0, 65535).astype(np.uint16)
+    rgb = np.ascontiguousarray(rgb)
+    return luma(rgb), shrink((rgb >> 8).astype(np.uint8), PREVIEW_SIZE)
 
 
 def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
@@ -251,12 +371,15 @@ def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     if (header := _checked(data, max_pixels)).format == "JPEG2000":
         gray, preview, bit_depth = _jpeg2000_gray(data)
         return Scan(gray, preview, header.mode, bit_depth, "JPEG2000", 1, dpi_of(header))
-    img, fmt, pages, mode, dpi = _load_upright(header)
+    img, fmt, pages, mode, dpi, note = _load_upright(header)
+    if (deep := _colour16(header, data)) is not None:
+        gray, preview = _gray16(deep)
+        return Scan(gray, preview, mode, 16, fmt, pages, dpi, note)
     try:
         gray, preview, bit_depth = _to_gray(img)
     except (OSError, ValueError) as err:
         raise ScanError(f"corrupt image data: {err}") from None
-    return Scan(gray=gray, preview=preview, mode=mode, bit_depth=bit_depth, format=fmt, pages=pages, dpi=dpi)
+    return Scan(gray, preview, mode, bit_depth, fmt, pages, dpi, note)
 
 
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -126,8 +127,12 @@ def read_csv(storage: Storage, key: str) -> pd.DataFrame:
 
 
 def write_csv(storage: Storage, key: str, frame: pd.DataFrame) -> None:
-    """Write a manifest CSV atomically (the storage writes whole objects only)."""
-    storage.write_bytes(key, frame.to_csv(index=False).encode("utf-8"), "text/csv")
+    """Write a manifest CSV atomically (the storage writes whole objects only).
+
+    Lines end in CRLF (RFC 4180), so that a field holding a lone CR, which an S3 key may, is quoted:
+    with LF endings the CSV writer leaves it bare, and every reader takes it for a line break.
+    """
+    storage.write_bytes(key, frame.to_csv(index=False, lineterminator="\r\n").encode("utf-8"), "text/csv")
 
 
 @dataclass(frozen=True, slots=True)  # slots: a ledger of millions of entries
@@ -176,6 +181,52 @@ class Ledger:
 DONE_STATUSES = ("colorized", "skipped_done")
 
 
+# What a row says of the scan itself, which a run that skips it never decodes to see.
+_DESCRIPTION = ["width", "height", "mode", "bit_depth", "pages"]
+
+
+def carry_forward(run: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
+    """A run's rows with each skipped source described as the ledger knows it.
+
+    A source skipped unread (``skipped_done``, ``skipped_color``) gets its width, height, mode, bit
+    depth and pages from the row before, and a ``skipped_done`` one also the note of what of the
+    scan its output lacks (the pages after the first, metadata the format could not hold), so
+    the ledger does not forget either when nothing changes.
+    """
+    unread = run["status"].isin(["skipped_done", "skipped_color"]) & (run["width"] == 0) & (run["mode"] == "")
+    if not unread.any() or not len(ledger):
+        return run
+    before = ledger.drop_duplicates("source_uri", keep="last").set_index("source_uri")
+    uris = run.loc[unread, "source_uri"]
+    known = uris[uris.isin(before.index)]
+    if known.empty:
+        return run
+    prev = before.loc[known.to_numpy()]
+    run = run.copy()
+    for column in _DESCRIPTION:
+        run.loc[known.index, column] = prev[column].to_numpy()
+    notes = [
+        _note(status, reason, model) if now == "skipped_done" else ""
+        for status, reason, model, now in zip(
+            prev["status"], prev["reason"], prev["model_id"], run.loc[known.index, "status"], strict=True
+        )
+    ]
+    run.loc[known.index, "reason"] = [
+        f"{reason}; {note}" if note and not reason.endswith(note) else reason
+        for reason, note in zip(run.loc[known.index, "reason"], notes, strict=True)
+    ]
+    return run
+
+
+def _note(status: str, reason: str, model_id: str) -> str:
+    """The note on a done source's row: a colorized row's reason, or what a skipped row carried on."""
+    if status == "colorized":
+        return reason
+    if status == "skipped_done":  # "<why>; output already made by <model>[; <note>]", as plan.done_row writes
+        return reason.partition(f"output already made by {model_id}")[2].removeprefix("; ")
+    return ""
+
+
 def merge_into_ledger(ledger: pd.DataFrame, run: pd.DataFrame) -> pd.DataFrame:
     """The ledger after a run: each source's latest row."""
     merged = pd.concat([ledger, run], ignore_index=True) if len(ledger) else run
@@ -197,15 +248,21 @@ def write_part(dest: Storage, run_id: str, name: str, rows: list[ManifestRow]) -
 
 
 def _part_keys(dest: Storage, run_id: str) -> list[str]:
-    return sorted(o.key for o in dest.list(f"{RUNS_PREFIX}{run_id}/") if o.key.endswith(".csv"))
+    return sorted(o.key for o in dest.list(f"{RUNS_PREFIX}{run_id}/") if _PART.fullmatch(o.key[len(RUNS_PREFIX) :]))
+
+
+# A run's parts: manifests/<run id>/<shard-NNNNNN or plan-NNNNNN>.csv. Nothing else under
+# manifests/ is a run's (a source folder named "manifests" puts its outputs there too).
+_PART = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}/(shard|plan)-\d{6}\.csv")
 
 
 def unfinished_runs(dest: Storage, exclude: str = "") -> Iterator[str]:
     """Runs that left parts behind without a run manifest: killed, or crashed before the end."""
     seen: set[str] = set()
     for obj in dest.list(RUNS_PREFIX):
-        parts = obj.key[len(RUNS_PREFIX) :].split("/")
-        if len(parts) == 2 and parts[0] != exclude and parts[0] not in seen:
+        rest = obj.key[len(RUNS_PREFIX) :]
+        parts = rest.split("/")
+        if _PART.fullmatch(rest) and parts[0] != exclude and parts[0] not in seen:
             seen.add(parts[0])
             yield parts[0]
 
@@ -222,8 +279,10 @@ def finish_run(dest: Storage, run_id: str) -> pd.DataFrame:
     previous = read_csv(dest, run_key(run_id))  # a run folded before, whose parts outlived it
     run = pd.concat([previous, *frames], ignore_index=True) if frames else previous
     run = run.drop_duplicates(subset="source_uri", keep="last").reset_index(drop=True)
+    ledger = read_csv(dest, LEDGER_KEY)
+    run = carry_forward(run, ledger)
     write_csv(dest, run_key(run_id), run)
-    write_csv(dest, LEDGER_KEY, merge_into_ledger(read_csv(dest, LEDGER_KEY), run))
+    write_csv(dest, LEDGER_KEY, merge_into_ledger(ledger, run))
     for key in keys:
         dest.delete(key)
     return run

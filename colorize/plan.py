@@ -23,7 +23,7 @@ from colorize.imaging import (
     output_key,
 )
 from colorize.manifest import DONE_STATUSES, Ledger, LedgerEntry, ManifestRow, format_mtime
-from colorize.storage import ObjectInfo, Storage, UnsafeKeyError, check_key, is_hidden
+from colorize.storage import ObjectInfo, Storage, UnsafeKeyError, check_key, is_hidden, legible, unrecordable
 
 _EXTENSION_FORMAT = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -139,7 +139,7 @@ def _unchanged(obj: ObjectInfo, entry: LedgerEntry) -> bool | None:
 
 def _row(opts: RunOptions, source: Storage, obj: ObjectInfo, status: str, reason: str, **kw: object) -> ManifestRow:
     return ManifestRow(
-        run_id=opts.run_id, source_uri=source.uri_for(obj.key), source_size=obj.size,
+        run_id=opts.run_id, source_uri=legible(source.uri_for(obj.key)), source_size=obj.size,
         source_mtime=format_mtime(obj.mtime), source_etag=obj.etag or "", status=status, reason=reason,
         **kw,  # type: ignore[arg-type]
     )  # fmt: skip
@@ -198,6 +198,9 @@ def plan(
             check_key(obj.key)
         except UnsafeKeyError as err:
             skipped.append(_row(opts, source, obj, "failed", f"refused: {err}; nothing written"))
+            continue
+        if (problem := unrecordable(obj.key)) is not None:
+            skipped.append(_row(opts, source, obj, "failed", f"refused: {problem}; nothing written"))
             continue
         out_fmt = output_format(fmt, opts.output_format)
         out_key = output_key(obj.key, fmt, out_fmt)

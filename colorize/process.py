@@ -213,7 +213,7 @@ class ShardProcessor:
         # Not a failure, but part of the source is not in the output: the record says so.
         pages = p.scan.pages
         notes = [f"page 1 of {pages} colorized; the other pages are not in the output" if pages > 1 else ""]
-        notes += [p.source_meta.problem, *lost]
+        notes += [p.scan.note, p.source_meta.problem, *lost]
         return self._row(
             p.item, "colorized", "; ".join(n for n in notes if n), output_uri=self.dest.uri_for(p.item.output_key),
             output_sha256=hashlib.sha256(data).hexdigest(), model_id=self.colorizer.model_id,

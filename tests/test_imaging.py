@@ -151,3 +151,87 @@ def test_output_key_changes_only_the_extension_when_the_format_changes():
     assert output_key("a/scan.tif", "TIFF", output_format("TIFF", "jp2")) == "a/scan.jp2"
     with pytest.raises(ValueError):
         output_format("PNG", "gif")
+
+
+def test_a_camera_jpeg_with_a_second_image_is_read_as_the_jpeg_it_is():
+    # MPO: a JPEG carrying further images (a preview, a gain map, a stereo pair's other eye).
+    buf = io.BytesIO()
+    second = Image.fromarray(GRAY[:30, :40])
+    Image.fromarray(GRAY).save(buf, format="MPO", save_all=True, append_images=[second], quality=95)
+    scan = decode_scan(buf.getvalue())
+    assert scan.format == "JPEG" and scan.pages == 1 and scan.gray.shape == (60, 80)
+    assert output_format(scan.format, "same") == "JPEG"
+    assert np.abs(scan.gray.astype(int) - GRAY).mean() <= 2
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_12_bit_jpeg_2000_is_scaled_to_the_full_range(colour):
+    import imagecodecs
+
+    gray16 = gray_image(40, 50, dtype=np.uint16)
+    gray12 = (gray16 >> 4).astype(np.uint16)  # what a 12-bit scanner stores
+    samples = np.stack([gray12] * 3, axis=-1) if colour else gray12
+    data = bytes(imagecodecs.jpeg2k_encode(samples, codecformat="jp2", bitspersample=12, reversible=True))
+    scan = decode_scan(data)
+    expected16 = gray12.astype(np.float64) * 65535 / 4095
+    if colour:  # colour JPEG 2000 is reduced to 8 bits, as Pillow does
+        assert scan.bit_depth == 8 and np.abs(scan.gray.astype(float) - expected16 / 257).max() <= 1.5
+    else:
+        assert scan.bit_depth == 16 and np.abs(scan.gray.astype(float) - expected16).max() <= 1
+
+
+def test_a_quarter_turn_swaps_the_resolution_with_the_sides():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(gray_image(40, 80)).save(buf, format="JPEG", dpi=(300, 600), exif=exif)
+    scan = decode_scan(buf.getvalue())
+    assert scan.gray.shape == (80, 40) and scan.dpi is not None
+    assert (round(scan.dpi[0]), round(scan.dpi[1])) == (600, 300)
+
+
+def test_a_damaged_later_page_leaves_the_first_page_and_says_so():
+    pages = [Image.fromarray(gray_image(30, 40, seed=i)) for i in range(2)]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    data = bytearray(buf.getvalue())
+    # The first directory's pointer to the next one, made to point past the end of the file.
+    first_ifd = int.from_bytes(data[4:8], "little")
+    entries = int.from_bytes(data[first_ifd : first_ifd + 2], "little")
+    next_at = first_ifd + 2 + 12 * entries
+    data[next_at : next_at + 4] = (len(data) + 1000).to_bytes(4, "little")
+    scan = decode_scan(bytes(data))
+    assert scan.pages == 1 and (scan.gray == np.asarray(pages[0])).all()
+    assert scan.note.startswith("the pages after the first cannot be counted or read")
+
+
+def test_a_known_header_that_cannot_be_read_is_not_called_not_an_image():
+    # A TIFF whose directory comes after the pixels (as libtiff writes it), cut in half.
+    import cv2
+
+    ok, tif = cv2.imencode(".tif", gray_image(200, 200))
+    assert ok
+    with pytest.raises(ScanError, match="a TIFF file that cannot be read: cut short, damaged"):
+        decode_scan(tif.tobytes()[: len(tif) // 2])
+
+
+@pytest.mark.parametrize(("scale", "peak"), [(1.0, 1.0), (255.0, 255.0), (65535.0, 65535.0)])
+def test_float_scans_are_read_in_the_range_they_use(scale, peak):
+    values = GRAY.astype(np.float32) / 255.0 * scale
+    scan = decode_scan(encode(values, "TIFF"))
+    assert scan.bit_depth == 16
+    assert np.abs(scan.gray.astype(float) / 65535 - GRAY / 255.0).max() < 1 / 255, f"peak {peak}"
+
+
+@pytest.mark.parametrize("fmt", [".tif", ".png"])
+def test_16_bit_colour_scans_stay_16_bit_and_upright(fmt):
+    import cv2
+
+    gray16 = gray_image(40, 60, dtype=np.uint16)
+    rgb16 = np.stack([gray16, gray16, gray16], axis=-1)
+    ok, data = cv2.imencode(fmt, rgb16)
+    assert ok
+    scan = decode_scan(data.tobytes())
+    assert scan.mode == "RGB" and scan.bit_depth == 16 and scan.gray.dtype == np.uint16
+    assert np.abs(scan.gray.astype(int) - gray16).max() <= 1
+    assert scan.preview is not None and scan.preview.dtype == np.uint8

@@ -114,6 +114,22 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_mo
     second = run(src, dest, tiny_model, shard_size=5)
     assert second.counts == {"skipped_done": 9, "skipped_color": 1, "failed": 4}
     assert {p: p.stat().st_mtime_ns for p in dest.rglob("*.jpg")} == outputs  # nothing rewritten
+    # Skipped unread, a scan is still described as it was found, with what its output lacks.
+    for frame in (_manifest(dest), _manifest(dest, second.run_id)):
+        pages = _by_key(frame, src)["pages.tif"]
+        assert (pages.status, pages.width, pages.height, pages.mode, pages.pages) == (
+            "skipped_done",
+            "130",
+            "100",
+            "L",
+            "2",
+        )
+        assert pages.reason.endswith(
+            "output already made by "
+            + pages.model_id
+            + "; page 1 of 2 colorized; the other pages are not in the output"
+        )
+        assert _by_key(frame, src)["colour.jpg"].width == "120"  # skipped as colour: described too
 
     write(src / "a.jpg", encode(gray_image(120, 160, seed=9), "JPEG"))  # new content
     os.utime(src / "e.bmp")  # touched only: same bytes
@@ -127,9 +143,35 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_mo
 
     ledger = _manifest(dest)
     assert ledger["source_uri"].is_unique and len(ledger) == 15
+    assert _by_key(ledger, src)["pages.tif"].reason.count("page 1 of 2 colorized") == 1  # carried, not piled up
     for row in ledger.itertuples():
         if row.status in ("colorized", "skipped_done"):
             assert Path(row.output_uri).exists()
+
+
+def test_names_no_record_can_hold_are_refused_and_the_run_goes_on(run, tmp_path, tiny_model, caplog):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    jpeg = encode(gray_image(40, 60), "JPEG")
+    write(src / "ok.jpg", jpeg)
+    write(src / os.fsdecode(b"caf\xe9.jpg"), jpeg)  # a Latin-1 name from an old share
+    write(src / "bell\x07.jpg", jpeg)  # a control character XML cannot hold
+    write(src / "manifests/1999/p.jpg", jpeg)  # a source folder that shares the run records' name
+    first = run(src, dest, tiny_model)
+    assert first.counts == {"colorized": 2, "failed": 2}
+    rows = {r.source_uri: r for r in _manifest(dest, first.run_id).itertuples()}
+    latin = rows[str(src / "caf\\xe9.jpg")]  # the byte, spelled out
+    assert latin.status == "failed" and "the name is not UTF-8 (it holds the byte 0xE9" in latin.reason
+    bell = rows[str(src / "bell\x07.jpg")]
+    assert bell.status == "failed" and "control character U+0007" in bell.reason
+    assert not (dest / os.fsdecode(b"caf\xe9.jpg")).exists() and not (dest / "bell\x07.jpg").exists()
+    assert (dest / "manifests/1999/p.jpg").exists()
+
+    caplog.clear()
+    second = run(src, dest, tiny_model)
+    assert second.counts == {"skipped_done": 2, "failed": 2}
+    assert "without finishing its manifest" not in caplog.text  # the outputs' folder is no killed run
+    assert not (dest / "manifests/1999.csv").exists()
+    assert len(_manifest(dest)) == 4
 
 
 def test_force_redo_older_and_colorize_color(run, tmp_path, tiny_model, other_model):

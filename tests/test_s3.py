@@ -393,7 +393,11 @@ def test_s3_to_s3_with_a_model_in_s3_then_a_rerun_that_skips_by_etag(run, s3, tm
     outside = {"1950s-extra/x.jpg": jpeg, "1960s/y.jpg": jpeg}
     # Hidden names, as a Mac's upload leaves them: no rows, as in a local source.
     hidden = {"1950s/._a.jpg": b"\x00\x05\x16\x07AppleDouble resource fork", "1950s/.thumbnails/a.jpg": jpeg}
-    put_many(s3, "scans", sources | traversal | outside | hidden)
+    # Keys S3 allows: a carriage return, which the manifests must quote, and a control character,
+    # which the output's provenance (XML) cannot hold.
+    awkward = {"1950s/cr\rname.jpg": jpeg, "1950s/bell\x07.jpg": jpeg}
+    expected |= {"cr\rname.jpg": "colorized", "bell\x07.jpg": "failed"}
+    put_many(s3, "scans", sources | traversal | outside | hidden | awkward)
     for name in ("generator.safetensors", "card.json"):
         s3.put_object(Bucket="models", Key=f"colorizer/v1/{name}", Body=(tiny_model / name).read_bytes())
 
@@ -406,6 +410,7 @@ def test_s3_to_s3_with_a_model_in_s3_then_a_rerun_that_skips_by_etag(run, s3, tm
     assert statuses == expected | {"../evil.jpg": "failed", "a//b.jpg": "failed", "/lead.jpg": "failed"}
     by_key = {r.source_uri.removeprefix("s3://scans/1950s/"): r for r in rows.itertuples()}
     assert all("refused" in by_key[k].reason for k in ("../evil.jpg", "a//b.jpg", "/lead.jpg", "back\\slash.jpg"))
+    assert "control character U+0007" in by_key["bell\x07.jpg"].reason
     etags = {o["Key"]: o["ETag"].strip('"') for o in s3.list_objects_v2(Bucket="scans", Prefix="1950s/")["Contents"]}
     assert all(by_key[k[len("1950s/") :]].source_etag == etags[k] for k in sources)
 
@@ -414,7 +419,9 @@ def test_s3_to_s3_with_a_model_in_s3_then_a_rerun_that_skips_by_etag(run, s3, tm
     assert sorted(k for k in written if extension_format(k)) == [f"1950s/{k}" for k in colorized]
     assert {"1950s/manifest.csv", f"1950s/manifests/{first.run_id}.csv"} <= set(written)
     assert not [k for k in written if k.startswith(f"1950s/manifests/{first.run_id}/")]  # parts folded, removed
-    assert keys(s3, "scans", "evil") == [] and len(keys(s3, "scans")) == len(sources | traversal | outside | hidden)
+    assert keys(s3, "scans", "evil") == [] and len(keys(s3, "scans")) == len(
+        sources | traversal | outside | hidden | awkward
+    )
     for key in colorized:
         row = by_key[key]
         assert row.output_uri == f"s3://colour/1950s/{key}" and row.model_id.startswith("tiny@")

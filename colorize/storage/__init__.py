@@ -6,6 +6,7 @@ One small interface, :class:`Storage`, with two implementations. Keys are always
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -108,6 +109,34 @@ def check_key(key: str) -> str:
         if part in (".", ".."):
             raise UnsafeKeyError(f"key {key!r} has a {part!r} segment")
     return key
+
+
+# What XML 1.0 cannot hold, and the output's provenance records the source's name in XMP: the C0
+# controls but tab, LF and CR, and lone surrogates, which is how Python spells the bytes of a local
+# file name that are not UTF-8 (a Latin-1 name from an old share, say).
+_UNRECORDABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def unrecordable(key: str) -> str | None:
+    """Why a scan's name cannot be recorded (in its manifest row and its output's provenance), or None."""
+    if (found := _UNRECORDABLE.search(key)) is None:
+        return None
+    code = ord(found.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        return (
+            f"the name is not UTF-8 (it holds the byte 0x{code - 0xDC00:02X}, from another character set): "
+            "manifests and the output's provenance record names as text; rename it in UTF-8 "
+            "(convmv -f latin1 -t utf-8 renames a folder's)"
+        )
+    return f"the name holds the control character U+{code:04X}, which the output's provenance cannot record; rename it"
+
+
+def legible(text: str) -> str:
+    """``text`` unchanged, but for the bytes of a local name that is not UTF-8, written as ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def is_hidden(key: str) -> bool:
