@@ -271,10 +271,8 @@ def _pages(img: Image.Image) -> tuple[int, str]:
     except Exception as err:  # noqa: BLE001 - Pillow raises anything from a damaged page chain
         # Where the chain breaks cannot be told for sure (Pillow seeks to a bad page without
         # complaint), so only the first page, which is read on its own, is counted.
-        return (
-            1,
-            f"the pages after the first cannot be counted or read: the file's chain of pages is damaged ({err or type(err).__name__})",
-        )
+        why = str(err) or type(err).__name__
+        return 1, f"the pages after the first cannot be counted or read: the file's chain of pages is damaged ({why})"
 
 
 def _jpeg2000_gray(data: bytes) -> tuple[np.ndarray, np.ndarray | None, int]:

@@ -163,6 +163,26 @@ def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEn
     )
 
 
+def _made(entry: LedgerEntry, out_key: str) -> bool:
+    """Whether the ledger's output of a source is ``out_key`` (wherever the destination is mounted)."""
+    return entry.output_uri == out_key or entry.output_uri.endswith("/" + out_key)
+
+
+# The names another source may have that a forced format turns into the same output.
+_SIBLING_EXTENSIONS = sorted(SCAN_EXTENSIONS | {e.upper() for e in SCAN_EXTENSIONS})
+
+
+def _owner(ledger: Ledger, source: Storage, key: str, out_key: str) -> str | None:
+    """The other source (key) whose output, by the ledger, ``out_key`` already is; None when none."""
+    stem = key.rpartition(".")[0]
+    for ext in _SIBLING_EXTENSIONS:
+        other = stem + ext
+        entry = ledger.get(source.uri_for(other)) if other != key else None
+        if entry is not None and entry.status in DONE_STATUSES and _made(entry, out_key):
+            return other
+    return None
+
+
 def plan(
     opts: RunOptions,
     source: Storage,
@@ -204,6 +224,18 @@ def plan(
             continue
         out_fmt = output_format(fmt, opts.output_format)
         out_key = output_key(obj.key, fmt, out_fmt)
+        entry = None if opts.force else ledger.get(source.uri_for(obj.key))
+        if out_key != obj.key and not (entry is not None and _made(entry, out_key)):
+            # A forced format: another source of the same name may already own this output.
+            if existing is None:
+                existing = {o.key for o in dest.list()}
+            if out_key in existing and (owner := _owner(ledger, source, obj.key, out_key)) is not None:
+                skipped.append(_row(
+                    opts, source, obj, "failed",
+                    f"output {out_key} is already the output of {owner}; "
+                    "use --output-format same, or rename one of them",
+                ))  # fmt: skip
+                continue
         if out_key in outputs_seen:
             skipped.append(_row(
                 opts, source, obj, "failed",
@@ -214,7 +246,6 @@ def plan(
         if opts.output_format != "same":  # only a forced format can make two sources meet
             outputs_seen[out_key] = obj.key
 
-        entry = None if opts.force else ledger.get(source.uri_for(obj.key))
         item = WorkItem(obj.key, obj.size, obj.mtime, obj.etag, out_key, out_fmt, previous=entry)
         if entry is not None:
             unchanged = _unchanged(obj, entry)
@@ -223,7 +254,9 @@ def plan(
                     existing = {o.key for o in dest.list()}
                 # --redo-older: made by another model, or by an older way of colouring at full resolution.
                 older = entry.model_id != opts.model_id or entry.colour_method != COLOUR_METHOD
-                if out_key in existing and not (opts.redo_older and older):
+                # The output at this run's path must be the one the ledger recorded: made in
+                # another format (an earlier --output-format), it is no output of this source.
+                if out_key in existing and _made(entry, out_key) and not (opts.redo_older and older):
                     if unchanged:
                         skipped.append(done_row(opts, source, obj, entry, "unchanged since last run"))
                         continue

@@ -174,6 +174,31 @@ def test_names_no_record_can_hold_are_refused_and_the_run_goes_on(run, tmp_path,
     assert len(_manifest(dest)) == 4
 
 
+def test_outputs_in_another_format_are_neither_taken_for_done_nor_overwritten(run, tmp_path, tiny_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    write(src / "a.jpg", encode(gray_image(40, 60), "JPEG"))
+    run(src, dest, tiny_model)  # -> a.jpg
+    write(src / "a.jpg", encode(gray_image(80, 120, seed=3), "JPEG"))  # the scan, rescanned
+    as_png = run(src, dest, tiny_model, output_format="png")  # -> a.png
+    assert as_png.counts == {"colorized": 1}
+    # Back to the source's format: the a.jpg there is the old scan's output, not this one's.
+    back = run(src, dest, tiny_model)
+    assert back.counts == {"colorized": 1}
+    assert decode_scan((dest / "a.jpg").read_bytes()).gray.shape == (80, 120)
+
+    # A new source whose forced output is an existing one's: refused, the existing output kept.
+    src, dest = tmp_path / "scans2", tmp_path / "colour2"
+    write(src / "a.jpg", encode(gray_image(40, 60), "JPEG"))
+    run(src, dest, tiny_model, output_format="png")
+    png_before = (dest / "a.png").read_bytes()
+    write(src / "a.jpeg", encode(gray_image(40, 60, seed=5), "JPEG"))  # sorts before a.jpg
+    both = run(src, dest, tiny_model, output_format="png")
+    rows = _by_key(_manifest(dest, both.run_id), src)
+    assert rows["a.jpeg"].status == "failed" and "a.png is already the output of a.jpg" in rows["a.jpeg"].reason
+    assert rows["a.jpg"].status == "skipped_done"
+    assert (dest / "a.png").read_bytes() == png_before
+
+
 def test_force_redo_older_and_colorize_color(run, tmp_path, tiny_model, other_model):
     src, dest = tmp_path / "scans", tmp_path / "colour"
     make_archive(src)
