@@ -210,6 +210,10 @@ def plan(
         if is_hidden(obj.key):
             continue  # S3 lists them; a local listing never shows them
         fmt = extension_format(obj.key)
+        if obj.problem:  # a folder the listing could not enter, or a file it cannot reach
+            if obj.key.endswith("/") or fmt is not None:
+                skipped.append(_row(opts, source, obj, "failed", f"not read: {obj.problem}"))
+            continue
         if fmt is None:
             if not_scans is not None:
                 not_scans[os.path.splitext(obj.key)[1].lower()] += 1

@@ -156,8 +156,11 @@ def test_names_no_record_can_hold_are_refused_and_the_run_goes_on(run, tmp_path,
     write(src / os.fsdecode(b"caf\xe9.jpg"), jpeg)  # a Latin-1 name from an old share
     write(src / "bell\x07.jpg", jpeg)  # a control character XML cannot hold
     write(src / "manifests/1999/p.jpg", jpeg)  # a source folder that shares the run records' name
+    (src / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")  # a link to nothing
+    write(tmp_path / "elsewhere/x.jpg", jpeg)
+    (src / "linked").symlink_to(tmp_path / "elsewhere")  # a link to a folder: not followed, but said
     first = run(src, dest, tiny_model)
-    assert first.counts == {"colorized": 2, "failed": 2}
+    assert first.counts == {"colorized": 2, "failed": 4}
     rows = {r.source_uri: r for r in _manifest(dest, first.run_id).itertuples()}
     latin = rows[str(src / "caf\\xe9.jpg")]  # the byte, spelled out
     assert latin.status == "failed" and "the name is not UTF-8 (it holds the byte 0xE9" in latin.reason
@@ -165,13 +168,21 @@ def test_names_no_record_can_hold_are_refused_and_the_run_goes_on(run, tmp_path,
     assert bell.status == "failed" and "control character U+0007" in bell.reason
     assert not (dest / os.fsdecode(b"caf\xe9.jpg")).exists() and not (dest / "bell\x07.jpg").exists()
     assert (dest / "manifests/1999/p.jpg").exists()
+    gone, linked = rows[str(src / "gone.jpg")], rows[str(src / "linked")]
+    assert (
+        gone.status == "failed"
+        and gone.reason == f"not read: a link to {tmp_path / 'moved-away.jpg'}, which does not exist"
+    )
+    assert linked.status == "failed" and linked.reason.startswith(
+        f"not read: a link to the folder {tmp_path / 'elsewhere'}"
+    )
 
     caplog.clear()
     second = run(src, dest, tiny_model)
-    assert second.counts == {"skipped_done": 2, "failed": 2}
+    assert second.counts == {"skipped_done": 2, "failed": 4}
     assert "without finishing its manifest" not in caplog.text  # the outputs' folder is no killed run
     assert not (dest / "manifests/1999.csv").exists()
-    assert len(_manifest(dest)) == 4
+    assert len(_manifest(dest)) == 6
 
 
 def test_outputs_in_another_format_are_neither_taken_for_done_nor_overwritten(run, tmp_path, tiny_model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -82,3 +83,22 @@ def test_sweep_removes_only_what_dead_writers_left(tmp_path):
     assert store.sweep_temp() == 3
     assert sorted(p.name for p in staging.iterdir()) == sorted([alive.name, alive_started.name, foreign.name])
     assert (tmp_path / "x.jpg").read_bytes() == b"x"
+
+
+def test_a_folder_the_listing_cannot_enter_is_listed_with_the_reason(tmp_path):
+    store = open_storage(str(tmp_path))
+    store.write_bytes("open/a.jpg", b"x")
+    store.write_bytes("locked/b.jpg", b"x")
+    (tmp_path / "locked").chmod(0)
+    lister = [sys.executable, "-c", f"from colorize.storage import open_storage; "
+              f"[print(repr((o.key, o.problem))) for o in open_storage({str(tmp_path)!r}).list()]"]  # fmt: skip
+    if os.geteuid() == 0:  # root reads any folder: list without the capability that lets it
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to drop root's capability to read any folder")
+        caps = "-dac_override,-dac_read_search"
+        lister = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *lister]
+    try:
+        listed = subprocess.run(lister, capture_output=True, text=True, check=True).stdout.splitlines()
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert listed == [repr(("locked/", "cannot list this folder: Permission denied")), repr(("open/a.jpg", ""))]

@@ -29,12 +29,16 @@ class ObjectInfo:
         size: bytes.
         mtime: last modification, seconds since the epoch (S3: LastModified).
         etag: S3 ETag (quotes stripped); None for local files.
+        problem: why what the listing found here cannot be read ("" for an object that can): a
+            folder it may not enter, a link to nothing, a link to a folder (runs follow none).
+            A folder's key ends in ``/``.
     """
 
     key: str
     size: int
     mtime: float
     etag: str | None = None
+    problem: str = ""
 
 
 class Storage(Protocol):

@@ -44,21 +44,43 @@ class LocalStorage:
             if prefix:
                 return
             raise StorageError(f"folder {self.root} does not exist or is not a folder")
-        # os.walk is lazy; names are sorted so that runs (and shards) are reproducible.
-        for dirpath, dirnames, filenames in os.walk(top, onerror=None):
+        # os.walk is lazy; names are sorted so that runs (and shards) are reproducible. What it
+        # cannot enter or read is listed with the reason, so that a run records it, not skips it.
+        unreadable: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable.append):
+            yield from (self._problem(err.filename or dirpath, "/", f"cannot list this folder: {err.strerror}")
+                        for err in unreadable)  # fmt: skip
+            unreadable.clear()
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                target = os.readlink(os.path.join(dirpath, name))
+                yield self._problem(
+                    os.path.join(dirpath, name), "/", f"a link to the folder {target}, and runs follow no folder links "
+                    "(one may loop, or lead into the destination): give that folder as a source of its own",
+                )  # fmt: skip
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
                 full = os.path.join(dirpath, name)
                 try:
                     st = os.stat(full)
-                except OSError:
-                    continue  # vanished between listing and stat
+                except FileNotFoundError:
+                    if os.path.islink(full):
+                        yield self._problem(full, "", f"a link to {os.readlink(full)}, which does not exist")
+                    continue  # else vanished between listing and stat
+                except OSError as err:
+                    yield self._problem(full, "", f"cannot read its details: {err.strerror}")
+                    continue
                 if not os.path.isfile(full):
                     continue
                 key = os.path.relpath(full, self.root).replace(os.sep, "/")
                 yield ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+        yield from (self._problem(err.filename or str(top), "/", f"cannot list this folder: {err.strerror}")
+                    for err in unreadable)  # fmt: skip
+
+    def _problem(self, path: str, suffix: str, why: str) -> ObjectInfo:
+        key = os.path.relpath(path, self.root).replace(os.sep, "/")
+        return ObjectInfo(key=key + suffix, size=0, mtime=0.0, problem=why)
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
