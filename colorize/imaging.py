@@ -182,8 +182,11 @@ def _to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
         peak = arr.max(initial=0.0)
         top = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0
         return np.clip(arr / top * 65535.0 + 0.5, 0, 65535).astype(np.uint16), None, 16
-    if mode in ("1", "L"):
+    if mode in ("1", "L") and "transparency" not in img.info:
         return np.asarray(img.convert("L"), dtype=np.uint8), None, 8
+    if mode in ("1", "L"):  # a gray level marked transparent (PNG's tRNS): on white, as alpha is
+        la = np.asarray(img.convert("LA"), dtype=np.uint8)
+        return _on_white(la[..., 0], la[..., 1]), None, 8
     if mode in ("LA", "La"):
         la = np.asarray(img.convert("LA"), dtype=np.uint8)
         return _on_white(la[..., 0], la[..., 1]), None, 8
@@ -416,6 +419,19 @@ def output_key(source_key: str, source_format: str, fmt: str) -> str:
     return (stem if dot else source_key) + FORMATS[fmt][0]
 
 
+# The largest side each format's files can record (JPEG's SOF and WebP's header fields).
+_MAX_SIDE = {"JPEG": 65_535, "WEBP": 16_383}
+
+
+def check_output_size(fmt: str, width: int, height: int) -> None:
+    """Raise :class:`ScanError` when a ``fmt`` file cannot hold an image of this size."""
+    if (limit := _MAX_SIDE.get(fmt)) and max(width, height) > limit:
+        raise ScanError(
+            f"a {fmt} cannot hold an image over {limit:,} pixels a side (this one is {width}x{height}); "
+            "use --output-format png or tiff"
+        )
+
+
 def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = None) -> bytes:
     """Encode an RGB image.
 
@@ -428,6 +444,7 @@ def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = No
     Returns:
         The encoded file's bytes.
     """
+    check_output_size(fmt, rgb.shape[1], rgb.shape[0])
     if fmt == "JPEG2000":
         return _encode_jpeg2000(rgb, dpi)
     if rgb.dtype == np.uint16:

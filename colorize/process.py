@@ -29,7 +29,7 @@ from colorize.c2pa_signing import load_signing_key, sign_c2pa
 from colorize.color import COLOUR_METHOD, merge_chroma
 from colorize.detect import detect_colour
 from colorize.engine import Colorizer, model_input
-from colorize.imaging import Scan, ScanError, content_type, decode_scan, encode_image
+from colorize.imaging import Scan, ScanError, check_output_size, content_type, decode_scan, encode_image
 from colorize.inflight import TRIM_AFTER, InFlight, default_memory_budget, give_back_memory, write_peak_factor
 from colorize.jpeg_lane import Decoded, JpegHeader, JpegLane, read_header
 from colorize.manifest import ManifestRow, format_mtime
@@ -168,6 +168,11 @@ class ShardProcessor:
             scan = decode_scan(data, self.opts.max_pixels)
         except ScanError as err:
             return self._row(item, "failed", str(err), source_sha256=sha, seconds=time.perf_counter() - started)
+        try:  # before the model spends anything on it
+            check_output_size(item.output_format, scan.width, scan.height)
+        except ScanError as err:
+            fields = self._scan_fields(scan, sha)
+            return self._row(item, "failed", str(err), seconds=time.perf_counter() - started, **fields)
         if (row := self._colour_row(item, scan, scan.preview, sha, started)) is not None:
             return row
         meta = source_metadata(data, self.source.uri_for(item.key))

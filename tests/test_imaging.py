@@ -235,3 +235,12 @@ def test_16_bit_colour_scans_stay_16_bit_and_upright(fmt):
     assert scan.mode == "RGB" and scan.bit_depth == 16 and scan.gray.dtype == np.uint16
     assert np.abs(scan.gray.astype(int) - gray16).max() <= 1
     assert scan.preview is not None and scan.preview.dtype == np.uint8
+
+
+def test_a_gray_level_marked_transparent_is_white():
+    gray = GRAY.copy()
+    gray[:10] = 7  # the level PNG's tRNS marks transparent
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="PNG", transparency=7)
+    scan = decode_scan(buf.getvalue())
+    assert (scan.gray[:10] == 255).all() and (scan.gray[10:] == GRAY[10:]).all()

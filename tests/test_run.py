@@ -209,6 +209,15 @@ def test_outputs_in_another_format_are_neither_taken_for_done_nor_overwritten(ru
     assert rows["a.jpg"].status == "skipped_done"
     assert (dest / "a.png").read_bytes() == png_before
 
+    # A forced format too small for the scan: refused before the model spends anything on it.
+    write(src / "wide.png", encode(gray_image(2, 70_000), "PNG"))
+    wide = _by_key(_manifest(dest, run(src, dest, tiny_model, output_format="jpeg").run_id), src)["wide.png"]
+    assert (
+        wide.status == "failed"
+        and wide.width == "70000"
+        and wide.reason.startswith("a JPEG cannot hold an image over 65,535 pixels a side (this one is 70000x2)")
+    )
+
 
 def test_force_redo_older_and_colorize_color(run, tmp_path, tiny_model, other_model):
     src, dest = tmp_path / "scans", tmp_path / "colour"
