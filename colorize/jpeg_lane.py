@@ -49,7 +49,7 @@ class JpegHeader:
         width, height: the upright image's size (after the EXIF orientation).
         mode: ``L`` (one component) or ``RGB`` (YCbCr or RGB).
         orientation: the EXIF orientation, 1 (as stored) to 8.
-        dpi: the recorded resolution, if any.
+        dpi: the recorded resolution of the upright image, if any.
     """
 
     width: int
@@ -60,6 +60,7 @@ class JpegHeader:
     bit_depth: int = 8
     format: str = "JPEG"
     pages: int = 1
+    note: str = ""  # as Scan's: nothing of a JPEG this lane takes is left unread
 
 
 def read_header(data: bytes, max_pixels: int) -> JpegHeader | None:
@@ -83,9 +84,11 @@ def read_header(data: bytes, max_pixels: int) -> JpegHeader | None:
     if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None  # no end-of-image marker: cut short, which nvJPEG decodes without a word (seen on an H200)
     orientation = orientation if orientation in range(1, 9) else 1
-    if orientation >= 5:
+    dpi = dpi_of(img)
+    if orientation >= 5:  # a quarter turn: the sides and the resolution trade places, as decode_scan's
         width, height = height, width
-    return JpegHeader(width, height, img.mode, orientation, dpi_of(img))
+        dpi = (dpi[1], dpi[0]) if dpi else None
+    return JpegHeader(width, height, img.mode, orientation, dpi)
 
 
 def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:

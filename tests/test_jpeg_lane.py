@@ -87,10 +87,11 @@ def test_exif_orientation_as_the_cpu_decoder(orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=92, exif=exif)
+    img.save(buf, "JPEG", quality=92, exif=exif, dpi=(300, 600))
     data = buf.getvalue()
     header = read_header(data, DEFAULT_MAX_PIXELS)
     assert header is not None and header.orientation == orientation
+    assert header.dpi == decode_scan(data).dpi  # a quarter turn swaps them, on both paths
     (decoded,) = JpegLane(CPU).decode([data], [header])
     assert decoded is not None
     expected = decode_scan(data).gray
