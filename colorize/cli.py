@@ -229,7 +229,7 @@ def inspect(
     try:
         data = read_uri(file, endpoint_url)
         report = read_provenance(data, Path(trust).read_text() if trust else None)
-    except (StorageError, FileNotFoundError, PermissionError, ValueError) as err:
+    except (StorageError, OSError, ValueError) as err:  # missing, a folder, unreadable, ...
         raise _fail(str(err), 1) from None
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(describe(report)))
     if report["c2pa"] and report["c2pa"].get("state") == "Invalid":

@@ -131,9 +131,15 @@ def _decode_error(err: Exception, part: str) -> ScanError:
 
 
 def dpi_of(img: Image.Image) -> tuple[float, float] | None:
+    """The resolution a file records, or None when it records none."""
     dpi = img.info.get("dpi")
     if not dpi:
         return None
+    if img.format in ("JPEG", "MPO") and img.info.get("jfif_unit") not in (1, 2):
+        # Pillow reports 72 dpi for a JPEG whose EXIF holds no resolution: made up, not recorded.
+        exif = img.getexif()
+        if 0x011A not in exif or 0x011B not in exif:  # XResolution, YResolution
+            return None
     try:
         x, y = float(dpi[0]), float(dpi[1])
     except (TypeError, ValueError, IndexError):

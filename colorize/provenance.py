@@ -245,9 +245,14 @@ def source_metadata(data: bytes, name: str = "") -> SourceMetadata:
     if xmp.strip() and (error := _xml_error(xmp)):
         log.warning("%s: the XMP is not well-formed and not carried over: %s", name or "a scan", error)
         xmp, problem = "", f"the scan's XMP is not well-formed XML and is not in the output ({error})"
+    kept = {k: v for k, v in exif.items() if _keep_exif(k)}
+    if str(exif.get("Exif.Image.Orientation", "1")).strip() in ("5", "6", "7", "8"):
+        # The output is upright: its x is the stored scan's y, for the resolution as for the sides.
+        x, y = kept.pop("Exif.Image.XResolution", None), kept.pop("Exif.Image.YResolution", None)
+        kept |= {k: v for k, v in (("Exif.Image.XResolution", y), ("Exif.Image.YResolution", x)) if v is not None}
     return SourceMetadata(
         xmp=xmp,
-        exif={k: v for k, v in exif.items() if _keep_exif(k)},
+        exif=kept,
         iptc={k: v for k, v in iptc.items() if k.startswith("Iptc.Application2.") and k not in _IPTC_DROP},
         problem=problem,
     )
@@ -408,6 +413,8 @@ def provenance_xmp(info: ProvenanceInfo, source_xmp: str = "") -> bytes:
     old = {key: _pop(rdf, *key) for key in _REPLACED | _STALE}
     _drop_namespace(rdf, NS_COLORIZE)  # a colorized scan coloured again: its old claims are not ours
     about = next((d.get(qname("rdf", "about"), "") for d in _descriptions(rdf)), "")
+    for d in _descriptions(rdf):  # the XMP toolkit requires one subject: a scan's odd packet may name two
+        d.set(qname("rdf", "about"), about)
     has_source, has_original = _has(rdf, "dc", "source"), _has(rdf, "xmpMM", "OriginalDocumentID")
     source_doc, source_instance = xmp_text(old[("xmpMM", "DocumentID")]), xmp_text(old[("xmpMM", "InstanceID")])
 
@@ -506,18 +513,35 @@ def embed(
         return output
     meta = source if isinstance(source, SourceMetadata) else source_metadata(source, info.source_uri)
     packet = provenance_xmp(info, meta.xmp)
-    if fmt == "JPEG" and not meta.exif and not meta.iptc and (plain := _embed_plain_jpeg(output, info, packet)):
+    # Without exiv2 only when nothing of the scan's is carried: exiv2's write is what checks the
+    # scan's XMP is RDF the XMP toolkit (and so every exiv2-based reader) accepts.
+    plain_ok = fmt == "JPEG" and not meta.exif and not meta.iptc and not meta.xmp
+    if plain_ok and (plain := _embed_plain_jpeg(output, info, packet)):
         return plain
     exif, iptc = _output_exif(meta.exif, info, fmt), _output_iptc(meta.iptc, info, fmt)
-    said = ""
-    try:
-        marked = _write(output, exif, iptc, packet.decode())
-        if dropped := _dropped(marked, exif, iptc) if meta.exif or meta.iptc else []:
+    own_exif, own_packet = _output_exif({}, info, fmt), provenance_xmp(info) if meta.xmp else packet
+    # A scan's odd metadata must not cost its output: what exiv2 refuses is left out, the scan's
+    # XMP first (too large for a JPEG segment, or RDF the XMP toolkit rejects), then its EXIF and
+    # IPTC, then both; our own statements are always written.
+    attempts = [
+        (exif, iptc, packet, ""),
+        (exif, iptc, own_packet, "the scan's XMP could not be written and is not in the output"),
+        (own_exif, {}, packet, "the scan's EXIF/IPTC could not be written and is not in the output"),
+        (own_exif, {}, own_packet, "the scan's metadata could not be written and is not in the output"),
+    ]
+    first_error: Exception | None = None
+    for tried_exif, tried_iptc, tried_packet, left_out in attempts if meta.xmp else attempts[::2]:
+        try:
+            marked = _write(output, tried_exif, tried_iptc, tried_packet.decode())
+        except (RuntimeError, ValueError) as err:
+            first_error = first_error or err
+            continue
+        said = f"{left_out} ({first_error})" if left_out else ""
+        if not left_out and (dropped := _dropped(marked, exif, iptc) if meta.exif or meta.iptc else []):
             said = f"not in the output, as the {fmt} file could not hold it: the scan's {', '.join(dropped)}"
-    except (RuntimeError, ValueError) as err:
-        # A scan's odd EXIF/IPTC value must not cost its output: write ours, with the scan's XMP.
-        marked = _write(output, _output_exif({}, info, fmt), {}, packet.decode())
-        said = f"the scan's EXIF/IPTC could not be written and is not in the output ({err})"
+        break
+    else:
+        raise RuntimeError(f"exiv2 could not write our provenance into the {fmt} output ({first_error})")
     if said:
         log.warning("%s: %s", info.source_uri, said)
         if lost is not None:

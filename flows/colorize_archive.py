@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -146,8 +147,19 @@ def publish_summary(summary: RunSummary) -> None:
         lines += ["", f"Report: [{summary.run_id}.html]({summary.report_url})"]
     if summary.failures:
         lines += ["", "## Failures (first 20)", ""]
-        lines += [f"- `{uri}`: {reason}" for uri, reason in summary.failures[:20]]
+        lines += [f"- {_md_code(uri)}: {_md_text(reason)}" for uri, reason in summary.failures[:20]]
     create_markdown_artifact(key="colorize-run-summary", markdown="\n".join(lines))
+
+
+def _md_code(text: str) -> str:
+    """``text`` as a Markdown code span that no backtick in it can close (CommonMark 6.1)."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
+def _md_text(text: str) -> str:
+    """``text`` as Markdown that shows it as it is: no markup or HTML from a file name or a reason."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|~<>&-])", r"\\\1", " ".join(text.split()))
 
 
 @flow(name="colorize-shards")

@@ -244,3 +244,10 @@ def test_a_gray_level_marked_transparent_is_white():
     Image.fromarray(gray).save(buf, format="PNG", transparency=7)
     scan = decode_scan(buf.getvalue())
     assert (scan.gray[:10] == 255).all() and (scan.gray[10:] == GRAY[10:]).all()
+
+
+def test_a_jpeg_that_records_no_resolution_gets_none_made_up():
+    exif = Image.Exif()
+    exif[0x013B] = "A. Photographer"  # EXIF without a resolution: Pillow would report 72 dpi
+    assert decode_scan(encode(GRAY, "JPEG", exif=exif)).dpi is None
+    assert decode_scan(encode(GRAY, "JPEG", exif=exif, dpi=(72, 72))).dpi == (72, 72)  # recorded: kept

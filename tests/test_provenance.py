@@ -439,3 +439,67 @@ def test_the_provenance_cost_benchmark_measures_a_scan_that_carries_metadata(cer
     result = measure("JPEG", 1, certs)
     assert min(result[f"{step}_ms"] for step in ("base", "read", "embed", "sign")) > 0
     assert result["embed_added_bytes"] > 1000 and result["sign_added_bytes"] > 1000
+
+
+def _two_subjects_xmp(filler: int = 0) -> bytes:
+    """A packet the XMP toolkit rejects as it is: two descriptions naming different subjects."""
+    meta = ET.Element(f"{{{NS['x']}}}xmpmeta")
+    rdf = ET.SubElement(meta, f"{{{RDF}}}RDF")
+    first = ET.SubElement(rdf, f"{{{RDF}}}Description", {f"{{{RDF}}}about": "uuid:one"})
+    first.set(f"{{{NS['dc']}}}format", "image/jpeg")
+    second = ET.SubElement(rdf, f"{{{RDF}}}Description", {f"{{{RDF}}}about": "uuid:two"})
+    alt = ET.SubElement(ET.SubElement(second, f"{{{NS['dc']}}}rights"), f"{{{RDF}}}Alt")
+    ET.SubElement(alt, f"{{{RDF}}}li", {XML_LANG: "x-default"}).text = SOURCE_RIGHTS + " " + "x" * filler
+    return ET.tostring(meta, encoding="utf-8")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_scans_xmp_the_toolkit_rejects_or_a_jpeg_cannot_hold_never_costs_the_output(fmt):
+    info = ProvenanceInfo("/scans/a.jpg", "ab" * 32, "m@cd", "cd" * 32, "run")
+    output = encode(np.zeros((40, 50, 3), np.uint8), fmt)
+
+    # Two subjects: made one, so exiv2 (and every reader built on it) reads the scan's and ours.
+    packet = _two_subjects_xmp()
+    scan = (
+        encode(gray_image(40, 50), "JPEG", xmp=packet)
+        if fmt == "JPEG"
+        else encode(gray_image(40, 50), "PNG", pnginfo=_png_xmp(packet))
+    )
+    odd = embed(output, fmt, scan, info)
+    with pyexiv2.ImageData(odd) as img:
+        xmp = img.read_xmp()
+    assert xmp["Xmp.colorize.sourceSha256"] == "ab" * 32 and SOURCE_RIGHTS in xmp["Xmp.dc.rights"]['lang="x-default"']
+
+    # Too large for a JPEG's XMP segment: the output keeps ours, and its row says what is left out.
+    lost: list[str] = []
+    big = encode(gray_image(40, 50), "PNG", pnginfo=_png_xmp(_two_subjects_xmp(filler=70_000)))
+    out = embed(encode(np.zeros((40, 50, 3), np.uint8), "JPEG"), "JPEG", big, info, lost)
+    assert read_provenance(out)["model_id"] == "m@cd"
+    assert lost and lost[0].startswith("the scan's XMP could not be written and is not in the output (")
+
+
+def _png_xmp(packet: bytes):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", packet.decode())
+    return info
+
+
+def test_a_quarter_turn_swaps_the_carried_exif_resolution():
+    exif = Image.Exif()
+    exif[0x0112], exif[0x011A], exif[0x011B], exif[0x0128] = 6, 300.0, 600.0, 2
+    exif[0x013B] = SOURCE_CREATOR
+    scan = encode(gray_image(40, 80), "JPEG", exif=exif)
+    meta = source_metadata(scan)
+    assert (
+        float(eval(meta.exif["Exif.Image.XResolution"].replace("/", "/")))
+        if False
+        else meta.exif["Exif.Image.XResolution"]
+    ) == "600/1"
+    assert meta.exif["Exif.Image.YResolution"] == "300/1"
+
+
+def test_inspect_on_a_folder_is_a_clean_error(tmp_path):
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 1 and "Is a directory" in result.output and "Traceback" not in result.output

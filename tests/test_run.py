@@ -519,3 +519,13 @@ def test_first_run_on_a_fresh_machine_starts_its_own_prefect(tmp_path, tiny_mode
     done = _cli(["run", str(src), str(tmp_path / "out"), "--model", str(tiny_model)], env, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "one.png").exists()
+
+
+def test_the_summarys_failures_show_names_and_reasons_as_they_are():
+    from flows.colorize_archive import _md_code, _md_text
+
+    name = "/scans/a`<img src=x onerror=alert(1)>`](javascript:alert(1)).jpg"
+    span = _md_code(name)
+    fence = span.split(" ", 1)[0]
+    assert fence == "``" and span == f"`` {name} ``"  # no run of backticks inside can close it
+    assert _md_text("not an image: <b>x</b> [a](b)\n*c*") == r"not an image: \<b\>x\</b\> \[a\]\(b\) \*c\*"
