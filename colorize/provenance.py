@@ -245,6 +245,9 @@ def source_metadata(data: bytes, name: str = "") -> SourceMetadata:
     if xmp.strip() and (error := _xml_error(xmp)):
         log.warning("%s: the XMP is not well-formed and not carried over: %s", name or "a scan", error)
         xmp, problem = "", f"the scan's XMP is not well-formed XML and is not in the output ({error})"
+    elif xmp.strip() and parse_packet(xmp, name) is None:
+        log.warning("%s: the XMP holds no rdf:RDF and is not carried over", name or "a scan")
+        xmp, problem = "", "the scan's XMP is XML but holds no RDF (rdf:RDF) and is not in the output"
     kept = {k: v for k, v in exif.items() if _keep_exif(k)}
     if str(exif.get("Exif.Image.Orientation", "1")).strip() in ("5", "6", "7", "8"):
         # The output is upright: its x is the stored scan's y, for the resolution as for the sides.

@@ -503,3 +503,10 @@ def test_a_quarter_turn_swaps_the_carried_exif_resolution():
 def test_inspect_on_a_folder_is_a_clean_error(tmp_path):
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 1 and "Is a directory" in result.output and "Traceback" not in result.output
+
+
+def test_xmp_that_is_xml_but_no_rdf_is_left_out_and_said():
+    meta = source_metadata(encode(gray_image(40, 50), "JPEG", xmp=b"<notes><note>scanned twice</note></notes>"))
+    assert (
+        meta.xmp == "" and meta.problem == "the scan's XMP is XML but holds no RDF (rdf:RDF) and is not in the output"
+    )
