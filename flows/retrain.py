@@ -20,7 +20,7 @@ from colorize.report import jpeg_data_uri
 from colorize.storage import open_storage
 from colorize.training.pairs import LoadedPair, PairProblem, discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import CRITERIA, is_better
-from colorize.training.trainer import TrainConfig, TrainResult, evaluate_generator, train
+from colorize.training.trainer import TrainConfig, TrainResult, evaluate_model, train
 
 # Pairs are held in memory at this short side: the trainer crops from 286px squares and the
 # held-out evaluation looks at up to 768px, so more would only cost memory.
@@ -85,7 +85,8 @@ def production_quality(
         return current, None
     model = reg.load(current)
     images, grays = eval_pairs(val)
-    return current, evaluate_generator(model.generator, cfg, model.config, images, grays, cfg.device).as_dict()
+    # As production runs: its own card's colour mode and calibration, not the candidate's settings.
+    return current, evaluate_model(model, images, grays, cfg.device).as_dict()
 
 
 @task(cache_policy=NO_CACHE)

@@ -112,6 +112,17 @@ def test_bad_pairs_are_reported_and_skipped(tmp_path):
     assert "is gray" in reasons["grey.png"]
 
 
+def test_pairs_no_record_can_hold_are_refused_and_the_rest_kept(tmp_path):
+    import os
+
+    make_colour_folder(tmp_path, n=2)
+    write(tmp_path / os.fsdecode(b"caf\xe9.png"), encode(_colour(7), "PNG"))  # a Latin-1 name
+    pairs, problems = discover_pairs(str(tmp_path))
+    assert len(pairs) == 2 and [p.name for p in problems] == ["caf\\xe9.png"]
+    assert problems[0].reason.startswith("refused: the name is not UTF-8 (it holds the byte 0xE9")
+    assert all(is_validation(p.name, 0.5) in (True, False) for p in pairs)  # names the split can hash
+
+
 def test_split_is_fixed_by_file_name():
     names = [f"photo_{i}.jpg" for i in range(400)]
     val = {n for n in names if is_validation(n, 0.1)}
@@ -322,6 +333,33 @@ def test_retrain_flow_registers_promotes_and_refuses_an_equal_candidate(photos, 
         tables = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-metrics"])))
     assert tables and "val_psnr" in str(tables[0].data)
     assert any("data:image/jpeg;base64," in str(a.data) and "Not promoted" in str(a.data) for a in summaries)
+
+
+def test_production_is_measured_as_it_runs_whatever_the_candidates_settings(photos, tmp_path, prefect_api_url):
+    from colorize.evaluate import eval_pairs
+    from colorize.training.trainer import evaluate_model
+    from flows.retrain import production_quality, retrain
+
+    registry = Registry(str(tmp_path / "registry"))
+    rgb = GeneratorConfig(in_channels=3, out_channels=3, width=4, depth=6)
+    registry.register(build_generator(rgb), new_card("old-rgb", rgb, "rgb"))
+    registry.promote("v1")
+    # A production in the other colour mode: measured in its own, and the candidate still registered.
+    summary = retrain(pairs=str(photos), registry=registry.uri, config=TrainConfig(**TINY), promote=False)
+    assert summary.version == "v2" and registry.card("v2")["production_metrics_at_training"]["psnr"] > 0
+
+    # A calibrated production: measured with its calibration, as colorize run applies it.
+    lab = GeneratorConfig(width=4, depth=6)
+    registry.register(build_generator(lab), {**new_card("calibrated", lab, "lab"), "chroma_scale": 3.0})
+    registry.promote("v3")
+    pairs, _ = discover_pairs(str(photos))
+    val = [p for p in load_pairs(pairs)[0] if is_validation(p.name, TINY["val_fraction"])]
+    _, measured = production_quality.fn(registry.uri, TrainConfig(**TINY), val)
+    images, grays = eval_pairs(val)
+    calibrated = evaluate_model(registry.load("v3"), images, grays, "cpu").as_dict()
+    plain = registry.load("v3")
+    plain.card.pop("chroma_scale")
+    assert measured == calibrated != evaluate_model(plain, images, grays, "cpu").as_dict()
 
 
 def test_fine_tuning_starts_from_the_given_weights(photos, tmp_path, tiny_model):

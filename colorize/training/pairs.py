@@ -25,7 +25,7 @@ import pandas as pd
 from colorize.color import luma
 from colorize.detect import detect_colour
 from colorize.imaging import SCAN_EXTENSIONS, ScanError, decode_rgb, decode_scan
-from colorize.storage import join_uri, open_storage, read_uri, split_uri
+from colorize.storage import join_uri, legible, open_storage, read_uri, split_uri, unrecordable
 
 # Gray and colour of one pair may differ in size (gray/ at 256 beside original/ at full size), but
 # must have the same shape: aspect ratios further apart than this are different pictures.
@@ -82,7 +82,17 @@ def _stems(uri: str, folder: str) -> dict[str, str]:
 
 
 def discover_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
-    """Find the pairs under ``uri`` (a folder, an S3 prefix, or a CSV file), sorted by name."""
+    """Find the pairs under ``uri`` (a folder, an S3 prefix, or a CSV file), sorted by name.
+
+    A pair whose name no record can hold (not UTF-8, control characters) is a problem, as in a run.
+    """
+    pairs, problems = _discover(uri)
+    refused = {p.name: why for p in pairs if (why := unrecordable(p.name)) is not None}
+    problems += [PairProblem(legible(name), f"refused: {why}") for name, why in refused.items()]
+    return [p for p in pairs if p.name not in refused], problems
+
+
+def _discover(uri: str) -> tuple[list[Pair], list[PairProblem]]:
     if uri.lower().endswith(".csv"):
         return _csv_pairs(uri)
     root = open_storage(uri)

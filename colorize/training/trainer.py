@@ -378,9 +378,16 @@ def evaluate_generator(
     generator: nn.Module, cfg: TrainConfig, gcfg: GeneratorConfig, images: Sequence[np.ndarray],
     grays: Sequence[np.ndarray], device: str,
 ) -> QualityReport:  # fmt: skip
-    """Quality of a generator on evaluation images, through the production inference path."""
+    """Quality of a generator being trained on evaluation images, through the production inference path."""
     model = LoadedModel(copy.deepcopy(generator).float().cpu(), _card(cfg, gcfg, "candidate"))
     model.card["model_id"] = "candidate"
+    return evaluate_model(model, images, grays, device)
+
+
+def evaluate_model(
+    model: LoadedModel, images: Sequence[np.ndarray], grays: Sequence[np.ndarray], device: str
+) -> QualityReport:
+    """Quality of a model as its card says to run it (colour mode, calibration), on evaluation images."""
     # PyTorch, not ONNX Runtime: a candidate changes every epoch, an export per evaluation would cost more.
     colorizer = Colorizer(model, device=device, backend="torch")
     return evaluate(images, colorizer.predict_ab, grays=grays)
