@@ -23,7 +23,16 @@ from colorize.imaging import (
     output_key,
 )
 from colorize.manifest import DONE_STATUSES, Ledger, LedgerEntry, ManifestRow, format_mtime
-from colorize.storage import ObjectInfo, Storage, UnsafeKeyError, check_key, is_hidden, legible, unrecordable
+from colorize.storage import (
+    ObjectInfo,
+    Storage,
+    UnsafeKeyError,
+    check_key,
+    is_hidden,
+    legible,
+    nested_prefix,
+    unrecordable,
+)
 
 _EXTENSION_FORMAT = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -199,7 +208,7 @@ def plan(
     """
     outputs_seen: dict[str, str] = {}
     existing: set[str] | None = None
-    nested = _nested_prefix(source, dest)
+    nested = nested_prefix(source.uri, dest.uri)
     pending: list[WorkItem] = []
     skipped: list[ManifestRow] = []
     n_shards = n_skips = 0
@@ -301,9 +310,3 @@ def check_destination(source: Storage, dest: Storage) -> None:
             f"the destination {dest.uri} contains the source {source.uri}: an output could overwrite a scan; "
             "choose a destination outside the source"
         )
-
-
-def _nested_prefix(source: Storage, dest: Storage) -> str:
-    """The destination's key prefix inside the source, when the destination lies within it."""
-    src, dst = source.uri.rstrip("/") + "/", dest.uri.rstrip("/") + "/"
-    return dst[len(src) :] if dst.startswith(src) and dst != src else ""

@@ -40,10 +40,13 @@ class RetrainSummary:
 
 
 @task(cache_policy=NO_CACHE)
-def gather_pairs(pairs: str, val_fraction: float) -> tuple[list[LoadedPair], list[LoadedPair], list[PairProblem]]:
-    """Find and load the pairs, report the bad ones, and split off the held-out set by file-name hash."""
+def gather_pairs(
+    pairs: str, val_fraction: float, leave_out: tuple[str, ...] = ()
+) -> tuple[list[LoadedPair], list[LoadedPair], list[PairProblem]]:
+    """Find and load the pairs, report the bad ones, and split off the held-out set by file-name hash.
+    ``leave_out``: the registry and checkpoint folders, which may lie inside a folder of photos."""
     logger = get_run_logger()
-    found, problems = discover_pairs(pairs)
+    found, problems = discover_pairs(pairs, leave_out)
     loaded, bad = load_pairs(found, short_side=LOAD_SHORT_SIDE)
     problems += bad
     for p in problems:
@@ -161,7 +164,9 @@ def retrain(
         raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}")
     cfg = config or TrainConfig()
     checkpoints = checkpoint_dir or open_storage(registry).uri_for("checkpoints")
-    trn, val, problems = gather_pairs(pairs, cfg.val_fraction)
+    trn, val, problems = gather_pairs(
+        pairs, cfg.val_fraction, (open_storage(registry).uri, open_storage(checkpoints).uri)
+    )
     # One training at a time per checkpoint folder: another would overwrite its checkpoints, and a
     # --resume would carry on someone else's run.
     with DestinationLease(open_storage(checkpoints), f"train-{new_run_id()}", key=CHECKPOINT_LEASE, why=SHARED):

@@ -31,9 +31,9 @@ from botocore.config import Config
 
 from colorize.imaging import decode_scan
 from colorize.modelfile import load_model, resolve_model_spec
-from colorize.plan import _nested_prefix, extension_format
+from colorize.plan import extension_format
 from colorize.registry import Registry
-from colorize.storage import StorageError, UnsafeKeyError, check_key, open_storage
+from colorize.storage import StorageError, UnsafeKeyError, check_key, nested_prefix, open_storage
 from colorize.storage.s3 import S3Storage, parse_uri
 from tests.helpers import encode, free_port, gray_image, make_archive, write
 
@@ -203,10 +203,10 @@ def test_uris_keys_and_nesting(moto_url):
     for bad in ("s3://", "s3:///x", "scans/x"):
         with pytest.raises(ValueError):
             parse_uri(bad)
-    # plan._nested_prefix compares URIs as strings: trailing slashes must not matter.
-    assert _nested_prefix(S3Storage("s3://scans/"), S3Storage("s3://scans/colour/")) == "colour/"
-    assert _nested_prefix(S3Storage("s3://scans/1950s"), S3Storage("s3://scans/1950s/out")) == "out/"
-    assert _nested_prefix(S3Storage("s3://scans/1950s"), S3Storage("s3://scans/1950s-colour")) == ""
+    # nested_prefix compares URIs as strings: trailing slashes must not matter.
+    assert nested_prefix(S3Storage("s3://scans/").uri, S3Storage("s3://scans/colour/").uri) == "colour/"
+    assert nested_prefix(S3Storage("s3://scans/1950s").uri, S3Storage("s3://scans/1950s/out").uri) == "out/"
+    assert nested_prefix(S3Storage("s3://scans/1950s").uri, S3Storage("s3://scans/1950s-colour").uri) == ""
 
 
 def test_objects_round_trip(s3):

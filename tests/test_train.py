@@ -123,6 +123,14 @@ def test_pairs_no_record_can_hold_are_refused_and_the_rest_kept(tmp_path):
     assert all(is_validation(p.name, 0.5) in (True, False) for p in pairs)  # names the split can hash
 
 
+def test_a_registry_inside_the_folder_of_photos_gives_it_no_pairs(tmp_path):
+    make_colour_folder(tmp_path, n=2)
+    write(tmp_path / "registry/versions/v1/samples.png", encode(_colour(3), "PNG"))  # a sample grid
+    pairs, _ = discover_pairs(str(tmp_path), leave_out=[str(tmp_path / "registry")])
+    assert len(pairs) == 2 and not [p for p in pairs if p.name.startswith("registry/")]
+    assert len(discover_pairs(str(tmp_path))[0]) == 3  # what leave_out keeps out
+
+
 def test_split_is_fixed_by_file_name():
     names = [f"photo_{i}.jpg" for i in range(400)]
     val = {n for n in names if is_validation(n, 0.1)}

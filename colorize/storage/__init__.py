@@ -143,6 +143,12 @@ def legible(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def nested_prefix(outer: str, inner: str) -> str:
+    """``inner``'s key prefix inside ``outer`` (two storage URIs), when it lies within it; else ""."""
+    out, inn = outer.rstrip("/") + "/", inner.rstrip("/") + "/"
+    return inn[len(out) :] if inn.startswith(out) and inn != out else ""
+
+
 def is_hidden(key: str) -> bool:
     """Whether a key has a hidden file or folder in its path: a segment starting with a dot.
 

@@ -25,7 +25,7 @@ import pandas as pd
 from colorize.color import luma
 from colorize.detect import detect_colour
 from colorize.imaging import SCAN_EXTENSIONS, ScanError, decode_rgb, decode_scan
-from colorize.storage import join_uri, legible, open_storage, read_uri, split_uri, unrecordable
+from colorize.storage import join_uri, legible, nested_prefix, open_storage, read_uri, split_uri, unrecordable
 
 # Gray and colour of one pair may differ in size (gray/ at 256 beside original/ at full size), but
 # must have the same shape: aspect ratios further apart than this are different pictures.
@@ -81,25 +81,28 @@ def _stems(uri: str, folder: str) -> dict[str, str]:
     return {n: storage.uri_for(n) for n in names}
 
 
-def discover_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
+def discover_pairs(uri: str, leave_out: Iterable[str] = ()) -> tuple[list[Pair], list[PairProblem]]:
     """Find the pairs under ``uri`` (a folder, an S3 prefix, or a CSV file), sorted by name.
 
     A pair whose name no record can hold (not UTF-8, control characters) is a problem, as in a run.
+    ``leave_out`` names folders (URIs) that may lie inside ``uri`` and hold no pairs, however many
+    photos they hold: the registry's sample grids, say.
     """
-    pairs, problems = _discover(uri)
+    pairs, problems = _discover(uri, tuple(leave_out))
     refused = {p.name: why for p in pairs if (why := unrecordable(p.name)) is not None}
     problems += [PairProblem(legible(name), f"refused: {why}") for name, why in refused.items()]
     return [p for p in pairs if p.name not in refused], problems
 
 
-def _discover(uri: str) -> tuple[list[Pair], list[PairProblem]]:
+def _discover(uri: str, leave_out: tuple[str, ...]) -> tuple[list[Pair], list[PairProblem]]:
     if uri.lower().endswith(".csv"):
         return _csv_pairs(uri)
     root = open_storage(uri)
     top = {o.key.split("/", 1)[0] for o in root.list() if "/" in o.key}
     if "gray" in top and ("resized" in top or "original" in top):
         return _victorian_pairs(root.uri)
-    pairs = [Pair(o.key, root.uri_for(o.key)) for o in root.list() if _is_scan(o.key)]
+    inside = tuple(p for p in (nested_prefix(root.uri, u) for u in leave_out) if p)
+    pairs = [Pair(o.key, root.uri_for(o.key)) for o in root.list() if _is_scan(o.key) and not o.key.startswith(inside)]
     return sorted(pairs, key=lambda p: p.name), []
 
 
