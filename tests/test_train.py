@@ -215,6 +215,8 @@ def test_upside_down_crops_turn_gray_and_colour_together_and_only_when_asked(tmp
     assert not torch.equal(x, plain_x)
     with pytest.raises(ValueError, match="vflip"):
         TrainConfig(vflip_probability=2.0)
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        TrainConfig(val_fraction=1.5)
 
 
 def test_rebalancing_weights_rare_colours_up_and_keeps_the_loss_size():

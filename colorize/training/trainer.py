@@ -107,6 +107,8 @@ class TrainConfig:
             )
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError("min_crop_scale must be in (0, 1]")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
         if not 0 <= self.blur_probability <= 1 or self.blur_sigma < 1:
             raise ValueError("blur_probability must be in [0, 1] and blur_sigma at least 1")
         if not 0 <= self.shade_probability <= 1 or not 0 <= self.shade < 1:
