@@ -63,7 +63,7 @@ def run(
         bool, typer.Option("--colorize-color", help="Colorize colour sources too, as gray.")
     ] = False,
     output_format: Annotated[OutputFormat, typer.Option(help="same keeps each source's format.")] = OutputFormat.same,
-    max_megapixels: Annotated[float, typer.Option(help="Refuse larger images before decoding.")] = (
+    max_megapixels: Annotated[float, typer.Option(min=0.001, help="Refuse larger images before decoding.")] = (
         DEFAULT_MAX_PIXELS / 1e6
     ),
     memory_gb: Annotated[
@@ -106,7 +106,13 @@ def run(
             dask_address=dask_address, dask_local=dask_local, gpu_jpeg=gpu_jpeg, gpu_slot=gpu_slot,
             sign_cert=sign_with[0] if sign_with else None, sign_key=sign_with[1] if sign_with else None,
         )  # fmt: skip
-    except (ModelNotFoundError, StorageError, FileNotFoundError, PermissionError, ValueError, RuntimeError) as err:
+    except (
+        ModelNotFoundError,
+        StorageError,
+        OSError,
+        ValueError,
+        RuntimeError,
+    ) as err:  # OSError: e.g. Dask unreachable
         raise _fail(str(err), 1) from None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "no scans found"
     typer.echo(f"run {summary.run_id}: {counts}")

@@ -194,7 +194,8 @@ def resolve_model_spec(spec: str | None = None, registry: str | None = None, end
                 return Registry(spec, storage).version_uri(PRODUCTION)
     except KeyError as err:
         raise ModelNotFoundError(f"{err.args[0]}; promote a version with `colorize models promote`") from None
-    return spec
+    # Absolute: a Dask worker on another machine, or in another working folder, loads it too.
+    return spec if spec.startswith("s3://") else str(Path(spec.removeprefix("file://")).expanduser().resolve())
 
 
 def model_identity(spec: str, endpoint_url: str | None = None) -> str:

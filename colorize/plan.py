@@ -72,6 +72,8 @@ class RunOptions:
             raise ValueError("signing needs both a certificate (sign_cert) and its key (sign_key)")
         if self.memory_budget is not None and self.memory_budget <= 0:
             raise ValueError("the memory budget must be positive")
+        if self.max_pixels < 1:
+            raise ValueError(f"the pixel limit must be positive, not {self.max_pixels}")
         if self.output_format not in OUTPUT_FORMATS:
             raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
 

@@ -225,6 +225,8 @@ def colorize_archive(
     sign_key: str | None = None,  # its private key (PEM), path or s3:// URI
 ) -> RunSummary:
     """Colorize every gray scan under ``source`` into ``dest``, skipping what is already done."""
+    if dask_address and dask_local > 0:
+        raise ValueError("give --dask-local or --dask-address, not both: one starts a cluster, the other uses one")
     options = dict(
         batch_size=batch_size, shard_size=shard_size, device=device, backend=backend, gpu_jpeg=gpu_jpeg, force=force,
         redo_older=redo_older, colorize_color=colorize_color, output_format=output_format,

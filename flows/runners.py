@@ -23,7 +23,7 @@ def shard_runner(dask_address: str | None, dask_local: int, device: str) -> Task
     """The task runner for shards.
 
     Args:
-        dask_address: an existing Dask scheduler (``tcp://host:8786``); wins over ``dask_local``.
+        dask_address: an existing Dask scheduler (``tcp://host:8786``); not with ``dask_local``.
         dask_local: start a LocalCluster of this many worker processes (one thread each); 0: none.
         device: the run's device; on ``cuda`` each local worker advertises one GPU.
 

@@ -203,3 +203,10 @@ def test_the_packaged_starter_model_is_the_default_and_small():
     assert model.model_id.startswith("starter@") and model.color_mode == "lab"
     assert model.card["dtype"] == "float16" and (PACKAGED_DIR / WEIGHTS_FILE).stat().st_size <= 30e6
     assert all(p.dtype == torch.float32 for p in model.generator.parameters())  # loaded as fp32 for the CPU
+
+
+def test_a_relative_model_path_resolves_to_one_any_process_can_load(tiny_model, monkeypatch):
+    from colorize.modelfile import resolve_model_spec
+
+    monkeypatch.chdir(tiny_model.parent)  # a Dask worker elsewhere has another working folder
+    assert resolve_model_spec(tiny_model.name) == str(tiny_model.resolve())

@@ -356,6 +356,13 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     assert no_model.returncode != 0 and "--model" in no_model.stderr
     assert not (tmp_path / "out3" / "ok.png").exists()
 
+    no_limit = _cli(["run", str(src), str(tmp_path / "out4"), *args, "--max-megapixels", "-1"], cli_env)
+    assert no_limit.returncode == 2 and "max-megapixels" in no_limit.stderr  # refused, not every file failed
+    both = _cli(
+        ["run", str(src), str(tmp_path / "out5"), *args, "--dask-local", "2", "--dask-address", "tcp://x:1"], cli_env
+    )
+    assert both.returncode == 1 and "not both" in both.stderr and not (tmp_path / "out5").exists()
+
 
 def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     src, dest = tmp_path / "scans", tmp_path / "colour"
