@@ -248,8 +248,10 @@ def models_list(registry: Annotated[str, typer.Option(help="Registry folder or s
     from colorize.registry import Registry
 
     reg = Registry(registry)
-    aliases = reg.aliases()
-    for version in reg.versions():
+    aliases, versions = reg.aliases(), reg.versions()
+    if not versions:  # a mistyped registry would otherwise look like an empty one
+        raise _fail(f"no model versions in {reg.uri} (is it a registry? `colorize train ... --registry` makes one)", 1)
+    for version in versions:
         card = reg.card(version)
         tags = ",".join(a for a, v in aliases.items() if v == version)
         metrics = " ".join(

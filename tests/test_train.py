@@ -456,6 +456,8 @@ def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env
     assert json.loads(shown.stdout)["version"] == "v1"
     bad = _cli(["models", "promote", "v9", "--registry", str(tmp_path / "b")], cli_env)
     assert bad.returncode != 0 and "v9" in bad.stderr
+    typo = _cli(["models", "list", "--registry", str(tmp_path / "no-such-registry")], cli_env)
+    assert typo.returncode == 1 and "no model versions in" in typo.stderr
 
 
 def test_the_sample_grid_keeps_each_photo_whole_and_wastes_no_rows():
