@@ -233,27 +233,32 @@ def _checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _load_upright(img: Image.Image) -> tuple[Image.Image, str, int, str, tuple[float, float] | None, str]:
-    """Decode the first page of an image :func:`_checked` opened and apply EXIF orientation.
+def _describe(img: Image.Image) -> tuple[str, int, str, tuple[float, float] | None, str]:
+    """What a scan's row records of an image :func:`_checked` opened, read before its pixels are.
 
     Returns:
-        (upright image, format name, page count, original mode, dpi of the upright image, a note on
-        pages that cannot be read or "").
+        (format name, page count, original mode, dpi of the upright image, a note on pages that
+        cannot be read or "").
     """
-    fmt = _format(img)
     pages, note = _pages(img)
-    mode, dpi = img.mode, dpi_of(img)
+    dpi = dpi_of(img)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": orientation then stays as is
+        if dpi and _orientation(img) in _TURNED:
+            dpi = (dpi[1], dpi[0])  # the upright image's x is the stored one's y
+    return _format(img), pages, img.mode, dpi, note
+
+
+def _load_upright(img: Image.Image) -> Image.Image:
+    """Decode the first page of an image :func:`_checked` opened and apply EXIF orientation."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": orientation then stays as is
             img.seek(0)
             img.load()
-            if dpi and _orientation(img) in _TURNED:
-                dpi = (dpi[1], dpi[0])  # the upright image's x is the stored one's y
-            img = ImageOps.exif_transpose(img) or img
+            return ImageOps.exif_transpose(img) or img
     except (OSError, ValueError, SyntaxError, IndexError, EOFError) as err:
         raise _decode_error(err, "data") from None
-    return img, fmt, pages, mode, dpi, note
 
 
 # EXIF orientations that turn the image a quarter (5-8): width and height trade places.
@@ -378,10 +383,11 @@ def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     if (header := _checked(data, max_pixels)).format == "JPEG2000":
         gray, preview, bit_depth = _jpeg2000_gray(data)
         return Scan(gray, preview, header.mode, bit_depth, "JPEG2000", 1, dpi_of(header))
-    img, fmt, pages, mode, dpi, note = _load_upright(header)
-    if (deep := _colour16(header, data)) is not None:
+    fmt, pages, mode, dpi, note = _describe(header)
+    if (deep := _colour16(header, data)) is not None:  # before Pillow decodes it, to 8 bits, for nothing
         gray, preview = _gray16(deep)
         return Scan(gray, preview, mode, 16, fmt, pages, dpi, note)
+    img = _load_upright(header)
     try:
         gray, preview, bit_depth = _to_gray(img)
     except (OSError, ValueError) as err:
@@ -395,7 +401,7 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     Raises:
         ScanError: as :func:`decode_scan`.
     """
-    img, *_ = _load_upright(_checked(data, max_pixels))
+    img = _load_upright(_checked(data, max_pixels))
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F", "1", "L", "LA", "La"):
         gray, _, bit_depth = _to_gray(img)
         gray8 = gray if bit_depth == 8 else (gray >> 8).astype(np.uint8)
