@@ -210,6 +210,14 @@ def plan(
     """
     outputs_seen: dict[str, str] = {}
     existing: set[str] | None = None
+
+    def outputs_there() -> set[str]:
+        """The destination's keys, listed once, when first asked for."""
+        nonlocal existing
+        if existing is None:
+            existing = {o.key for o in dest.list()}
+        return existing
+
     nested = nested_prefix(source.uri, dest.uri)
     pending: list[WorkItem] = []
     skipped: list[ManifestRow] = []
@@ -240,23 +248,17 @@ def plan(
         out_fmt = output_format(fmt, opts.output_format)
         out_key = output_key(obj.key, fmt, out_fmt)
         entry = None if opts.force else ledger.get(source.uri_for(obj.key))
-        if out_key != obj.key and not (entry is not None and _made(entry, out_key)):
-            # A forced format: another source of the same name may already own this output.
-            if existing is None:
-                existing = {o.key for o in dest.list()}
-            if out_key in existing and (owner := _owner(ledger, source, obj.key, out_key)) is not None:
-                skipped.append(_row(
-                    opts, source, obj, "failed",
-                    f"output {out_key} is already the output of {owner}; "
-                    "use --output-format same, or rename one of them",
-                ))  # fmt: skip
-                continue
-        if out_key in outputs_seen:
-            skipped.append(_row(
-                opts, source, obj, "failed",
-                f"output {out_key} would overwrite the output of {outputs_seen[out_key]}; "
-                "use --output-format same, or rename one of them",
-            ))  # fmt: skip
+        # A forced format can make two sources meet: one whose output, by the ledger, this already
+        # is keeps it, and so does the first of this run's to claim it.
+        clash = ""
+        another_may_own = out_key != obj.key and not (entry is not None and _made(entry, out_key))
+        if another_may_own and out_key in outputs_there() and (owner := _owner(ledger, source, obj.key, out_key)):
+            clash = f"is already the output of {owner}"
+        elif out_key in outputs_seen:
+            clash = f"would overwrite the output of {outputs_seen[out_key]}"
+        if clash:
+            reason = f"output {out_key} {clash}; use --output-format same, or rename one of them"
+            skipped.append(_row(opts, source, obj, "failed", reason))
             continue
         if opts.output_format != "same":  # only a forced format can make two sources meet
             outputs_seen[out_key] = obj.key
@@ -265,13 +267,11 @@ def plan(
         if entry is not None:
             unchanged = _unchanged(obj, entry)
             if entry.status in DONE_STATUSES and unchanged is not False:
-                if existing is None:
-                    existing = {o.key for o in dest.list()}
                 # --redo-older: made by another model, or by an older way of colouring at full resolution.
                 older = entry.model_id != opts.model_id or entry.colour_method != COLOUR_METHOD
                 # The output at this run's path must be the one the ledger recorded: made in
                 # another format (an earlier --output-format), it is no output of this source.
-                if out_key in existing and _made(entry, out_key) and not (opts.redo_older and older):
+                if out_key in outputs_there() and _made(entry, out_key) and not (opts.redo_older and older):
                     if unchanged:
                         skipped.append(done_row(opts, source, obj, entry, "unchanged since last run"))
                         continue
