@@ -46,9 +46,7 @@ def process_alive(pid: int, started: float | None = None) -> bool:
     """Whether process ``pid`` of this host exists (another user's counts as alive) and, when
     ``started`` is given, is the one that started then, not a later process given the same id."""
     try:
-        now_started = psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
-        return False
+        now_started = process_started(pid)
     except psutil.AccessDenied:
         return True
-    return started is None or abs(now_started - started) <= START_TOLERANCE_S
+    return now_started is not None and (started is None or abs(now_started - started) <= START_TOLERANCE_S)

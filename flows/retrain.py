@@ -167,10 +167,9 @@ def retrain(
     # One training at a time per checkpoint folder: another would overwrite its checkpoints, and a
     # --resume would carry on someone else's run. Taken first, so that a second stops at once,
     # before loading what may be thousands of pairs.
-    with DestinationLease(open_storage(checkpoints), f"train-{new_run_id()}", key=CHECKPOINT_LEASE, why=SHARED):
-        trn, val, problems = gather_pairs(
-            pairs, cfg.val_fraction, (open_storage(registry).uri, open_storage(checkpoints).uri)
-        )
+    checkpoint_store = open_storage(checkpoints)
+    with DestinationLease(checkpoint_store, f"train-{new_run_id()}", key=CHECKPOINT_LEASE, why=SHARED):
+        trn, val, problems = gather_pairs(pairs, cfg.val_fraction, (open_storage(registry).uri, checkpoint_store.uri))
         # One model on a GPU at a time (issue 6): training, then the production model on the held-out pairs.
         with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
             result = train_candidate(cfg, trn, val, checkpoints, resume, from_model, progress)
