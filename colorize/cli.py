@@ -217,6 +217,35 @@ def report(
 
 
 @app.command()
+def relocate(
+    dest: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix whose manifest.csv to change.")],
+    old: Annotated[str, typer.Argument(help="Where the files were: folder or s3://bucket/prefix.")],
+    new: Annotated[str, typer.Argument(help="Where they are now.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; change nothing.")] = False,
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+) -> None:
+    """Tell DEST's ledger that the files it knows under OLD are now under NEW.
+
+    For scans (or a destination) that moved: remounted, renamed, copied to another bucket. Without
+    it the next run refuses the scans at their new place, whose outputs the ledger gives to the old
+    one. Afterwards it checks each against its row and skips what is done. Per-run manifests keep
+    the URIs of their day.
+    """
+    from colorize.relocation import relocate_ledger
+    from colorize.storage import StorageError, open_storage
+
+    try:
+        moved = relocate_ledger(
+            open_storage(dest, endpoint_url), open_storage(old, endpoint_url).uri, open_storage(new, endpoint_url),
+            dry_run=dry_run,
+        )  # fmt: skip
+    except (StorageError, OSError, ValueError) as err:
+        raise _fail(str(err), 1) from None
+    verb = "would move" if dry_run else "moved"
+    typer.echo(f"{verb} {moved.rows} ledger rows from {moved.old} to {moved.new} ({moved.ledger_rows} rows in all)")
+
+
+@app.command()
 def inspect(
     file: Annotated[str, typer.Argument(help="An image: path or s3:// URI.")],
     trust: Annotated[str | None, typer.Option(help="PEM root certificates to trust for C2PA (path).")] = None,
@@ -237,6 +266,8 @@ def inspect(
         report = read_provenance(data, Path(trust).read_text() if trust else None)
     except (StorageError, OSError, ValueError) as err:  # missing, a folder, unreadable, ...
         raise _fail(str(err), 1) from None
+    if not report["format"]:  # else "provenance: none" would read as an image that says nothing
+        raise _fail(f"{file} is not an image (in no format Pillow recognises)", 1)
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(describe(report)))
     if report["c2pa"] and report["c2pa"].get("state") == "Invalid":
         raise typer.Exit(3)

@@ -78,6 +78,10 @@ def model_input(gray: np.ndarray, size: int = 256) -> np.ndarray:
     return shrink_gray(gray, size, size)
 
 
+# The card's keys that say how strongly, and how smoothly, the model's chroma is applied (below).
+CALIBRATION_KEYS = ("chroma_scale", "chroma_median")
+
+
 class Colorizer:
     """A loaded generator on a device, predicting chroma for batches of 256x256 gray images."""
 

@@ -244,7 +244,7 @@ def _describe(img: Image.Image) -> tuple[str, int, str, tuple[float, float] | No
     dpi = dpi_of(img)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": orientation then stays as is
-        if dpi and _orientation(img) in _TURNED:
+        if dpi and is_quarter_turn(_orientation(img)):
             dpi = (dpi[1], dpi[0])  # the upright image's x is the stored one's y
     return _format(img), pages, img.mode, dpi, note
 
@@ -261,8 +261,13 @@ def _load_upright(img: Image.Image) -> Image.Image:
         raise _decode_error(err, "data") from None
 
 
-# EXIF orientations that turn the image a quarter (5-8): width and height trade places.
-_TURNED = frozenset({5, 6, 7, 8})
+def is_quarter_turn(orientation: object) -> bool:
+    """Whether an EXIF orientation (Pillow's int, exiv2's text) turns the image a quarter (5-8):
+    width and height, and the resolutions along them, trade places."""
+    try:
+        return int(str(orientation).strip()) in (5, 6, 7, 8)
+    except ValueError:
+        return False
 
 
 def _orientation(img: Image.Image) -> int:

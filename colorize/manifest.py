@@ -167,12 +167,31 @@ class Ledger:
             )
         }  # fmt: skip
 
+        self._owners: dict[str, str] | None = None
+
     @classmethod
     def load(cls, dest: Storage) -> Ledger:
         return cls(read_csv(dest, LEDGER_KEY))
 
     def get(self, source_uri: str) -> LedgerEntry | None:
         return self._entries.get(source_uri)
+
+    def owner(self, output_uri: str) -> str | None:
+        """The source whose output, by the ledger, ``output_uri`` is; None when it is no source's.
+
+        Built on first use (one map of a million entries costs ~100 MB; a first run never needs it).
+        Should two sources' rows name one output (an older version let a second source overwrite
+        it), the one the latest run made or kept owns it.
+        """
+        if self._owners is None:
+            latest: dict[str, tuple[str, str]] = {}
+            for uri, entry in self._entries.items():
+                if entry.status in DONE_STATUSES and entry.output_uri:
+                    held = latest.get(entry.output_uri)
+                    if held is None or entry.run_id > held[0]:
+                        latest[entry.output_uri] = (entry.run_id, uri)
+            self._owners = {out: uri for out, (_, uri) in latest.items()}
+        return self._owners.get(output_uri)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -286,3 +305,30 @@ def finish_run(dest: Storage, run_id: str) -> pd.DataFrame:
     for key in keys:
         dest.delete(key)
     return run
+
+
+def relocate(ledger: pd.DataFrame, old: str, new: str) -> tuple[pd.DataFrame, int]:
+    """The ledger with every URI under ``old`` (sources and outputs alike) put under ``new``.
+
+    For an archive, or a destination, that moved: remounted, copied to another bucket. Where a
+    moved source meets a row already recorded at its new URI (a run there before the move was
+    recorded), the row that says it is done wins, then the later run's: the next run checks the
+    file against it either way. Returns the ledger and how many of its rows changed.
+
+    Args:
+        old, new: root URIs, as a storage spells them (``/mnt/a/scans``, ``s3://bucket/prefix``),
+            neither inside the other.
+    """
+    old_root, new_root = old.rstrip("/") + "/", new.rstrip("/") + "/"
+    if old_root.startswith(new_root) or new_root.startswith(old_root):
+        raise ValueError(f"{old} and {new} are one inside the other: which rows moved cannot be told apart")
+    frame = ledger.copy()
+    changed = pd.Series(False, index=frame.index)
+    for column in ("source_uri", "output_uri"):
+        under = frame[column].str.startswith(old_root)
+        frame.loc[under, column] = new_root + frame.loc[under, column].str.slice(len(old_root))
+        changed |= under
+    done = frame["status"].isin(DONE_STATUSES)
+    order = frame.assign(_done=done).sort_values(["_done", "run_id"], kind="stable").index
+    frame = frame.loc[order].drop_duplicates("source_uri", keep="last")
+    return frame.sort_values("source_uri", kind="stable").reset_index(drop=True), int(changed.sum())

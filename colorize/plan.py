@@ -138,12 +138,16 @@ def describe_not_scans(counts: Mapping[str, int]) -> str:
 
 
 def _unchanged(obj: ObjectInfo, entry: LedgerEntry) -> bool | None:
-    """True/False when size and ETag (S3) or mtime (local) settle it; None when only the bytes can."""
+    """True/False when size and ETag (S3) or mtime (local) settle it; None when only the bytes can.
+
+    A different ETag is not a different file: a multipart upload's depends on its part size, and
+    a source that moved between stores (``colorize relocate``) had another or none.
+    """
     if obj.size != entry.size:
         return False
-    if obj.etag:
-        return obj.etag == entry.etag
-    if format_mtime(obj.mtime) == entry.mtime:
+    if obj.etag and obj.etag == entry.etag:
+        return True
+    if not obj.etag and format_mtime(obj.mtime) == entry.mtime:
         return True
     return None if entry.sha256 else False
 
@@ -179,19 +183,31 @@ def _made(entry: LedgerEntry, out_key: str) -> bool:
     return entry.output_uri == out_key or entry.output_uri.endswith("/" + out_key)
 
 
-# The names another source may have that a forced format turns into the same output.
-_SIBLING_EXTENSIONS = sorted(SCAN_EXTENSIONS | {e.upper() for e in SCAN_EXTENSIONS})
+_RENAME = "use --output-format same, or rename one of them"
 
 
-def _owner(ledger: Ledger, source: Storage, key: str, out_key: str) -> str | None:
-    """The other source (key) whose output, by the ledger, ``out_key`` already is; None when none."""
-    stem = key.rpartition(".")[0]
-    for ext in _SIBLING_EXTENSIONS:
-        other = stem + ext
-        entry = ledger.get(source.uri_for(other)) if other != key else None
-        if entry is not None and entry.status in DONE_STATUSES and _made(entry, out_key):
-            return other
-    return None
+def _clash_with_owner(ledger: Ledger, source: Storage, dest: Storage, uri: str, out_key: str) -> str:
+    """Why ``out_key`` may not be written for the source ``uri``: it is, by the ledger, another's output.
+
+    Another source of this one's (a forced format makes ``a.jpg`` and ``a.tif`` meet), or of another
+    source folder written to the same destination. A folder of the same name under another root is
+    most likely this archive before it moved: the reason names the command that says so. "" when free.
+    """
+    owner = ledger.owner(dest.uri_for(out_key))
+    if owner is None or owner == uri:
+        return ""
+    root = source.uri.rstrip("/") + "/"
+    if owner.startswith(root):
+        return f"is already the output of {owner[len(root) :]}; rename one of them"
+    key = uri[len(root) :]
+    if owner.endswith("/" + key):
+        old_root = owner[: -len(key) - 1]
+        return (
+            f"is already the output of {owner}: if the scans under {old_root} moved to {source.uri}, run "
+            f"`colorize relocate {dest.uri} {old_root} {source.uri}` once and run again (what was done there is "
+            "skipped); otherwise give this source its own destination"
+        )
+    return f"is already the output of {owner}; give this source its own destination"
 
 
 def plan(
@@ -247,17 +263,19 @@ def plan(
             continue
         out_fmt = output_format(fmt, opts.output_format)
         out_key = output_key(obj.key, fmt, out_fmt)
-        entry = None if opts.force else ledger.get(source.uri_for(obj.key))
-        # A forced format can make two sources meet: one whose output, by the ledger, this already
-        # is keeps it, and so does the first of this run's to claim it.
+        uri = source.uri_for(obj.key)
+        entry = None if opts.force else ledger.get(uri)
+        # An output is one source's: one whose output, by the ledger, this already is keeps it (a
+        # forced format can make two sources of a folder meet, and two folders can share a
+        # destination), and so does the first of this run's to claim it.
         clash = ""
-        another_may_own = out_key != obj.key and not (entry is not None and _made(entry, out_key))
-        if another_may_own and out_key in outputs_there() and (owner := _owner(ledger, source, obj.key, out_key)):
-            clash = f"is already the output of {owner}"
-        elif out_key in outputs_seen:
-            clash = f"would overwrite the output of {outputs_seen[out_key]}"
+        another_may_own = len(ledger) > 0 and not (entry is not None and _made(entry, out_key))
+        if another_may_own and out_key in outputs_there():
+            clash = _clash_with_owner(ledger, source, dest, uri, out_key)
+        if not clash and out_key in outputs_seen:
+            clash = f"would overwrite the output of {outputs_seen[out_key]}; {_RENAME}"
         if clash:
-            reason = f"output {out_key} {clash}; use --output-format same, or rename one of them"
+            reason = f"output {out_key} {clash}"
             skipped.append(_row(opts, source, obj, "failed", reason))
             continue
         if opts.output_format != "same":  # only a forced format can make two sources meet

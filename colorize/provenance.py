@@ -41,7 +41,7 @@ from defusedxml import DefusedXmlException
 from PIL import Image
 
 from colorize import __version__
-from colorize.imaging import dpi_of, with_jp2_resolution
+from colorize.imaging import dpi_of, is_quarter_turn, with_jp2_resolution
 from colorize.jpeg_segments import carries_metadata, exif_segment, with_app1, xmp_segment
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def source_metadata(data: bytes, name: str = "") -> SourceMetadata:
         log.warning("%s: the XMP holds no rdf:RDF and is not carried over", name or "a scan")
         xmp, problem = "", "the scan's XMP is XML but holds no RDF (rdf:RDF) and is not in the output"
     kept = {k: v for k, v in exif.items() if _keep_exif(k)}
-    if str(exif.get("Exif.Image.Orientation", "1")).strip() in ("5", "6", "7", "8"):
+    if is_quarter_turn(exif.get("Exif.Image.Orientation", 1)):
         # The output is upright: its x is the stored scan's y, for the resolution as for the sides.
         x, y = kept.pop("Exif.Image.XResolution", None), kept.pop("Exif.Image.YResolution", None)
         kept |= {k: v for k, v in (("Exif.Image.XResolution", y), ("Exif.Image.YResolution", x)) if v is not None}

@@ -500,9 +500,12 @@ def test_a_quarter_turn_swaps_the_carried_exif_resolution():
     assert meta.exif["Exif.Image.YResolution"] == "300/1"
 
 
-def test_inspect_on_a_folder_is_a_clean_error(tmp_path):
+def test_inspect_on_a_folder_or_a_non_image_is_a_clean_error(tmp_path):
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 1 and "Is a directory" in result.output and "Traceback" not in result.output
+    (tmp_path / "notes.txt").write_text("box 3, scanned twice")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "notes.txt")])
+    assert result.exit_code == 1 and "is not an image" in result.output and "provenance" not in result.output
 
 
 def test_xmp_that_is_xml_but_no_rdf_is_left_out_and_said():

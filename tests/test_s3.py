@@ -203,6 +203,9 @@ def test_uris_keys_and_nesting(moto_url):
     for bad in ("s3://", "s3:///x", "scans/x"):
         with pytest.raises(ValueError):
             parse_uri(bad)
+    for typo in ("s3://scans//1950s", "s3://scans/1950s//box/"):  # not quietly another prefix
+        with pytest.raises(ValueError, match="empty path segment: did you mean s3://scans/1950s"):
+            parse_uri(typo)
     # nested_prefix compares URIs as strings: trailing slashes must not matter.
     assert nested_prefix(S3Storage("s3://scans/").uri, S3Storage("s3://scans/colour/").uri) == "colour/"
     assert nested_prefix(S3Storage("s3://scans/1950s").uri, S3Storage("s3://scans/1950s/out").uri) == "out/"
@@ -256,6 +259,18 @@ def test_unsafe_keys_are_listed_so_that_planning_can_refuse_them(s3):
     for key in unsafe:
         with pytest.raises(UnsafeKeyError):
             check_key(key)
+
+
+def test_a_folder_marker_with_content_is_listed_as_a_problem(s3, tiny_model, prefect_api_url):
+    from flows.colorize_archive import colorize_archive
+
+    jpeg = encode(gray_image(40, 50), "JPEG")
+    put_many(s3, "scans", {"in/": b"", "in/box/": b"", "in/photo.jpg/": jpeg, "in/ok.jpg": jpeg})
+    listed = {o.key: o.problem for o in S3Storage("s3://scans/in").list()}
+    assert listed.keys() == {"photo.jpg/", "ok.jpg"} and "holds" in listed["photo.jpg/"]
+    summary = colorize_archive(source="s3://scans/in", dest="s3://colour/in", model=str(tiny_model))
+    rows, _ = s3_csv(s3, "colour", f"in/manifests/{summary.run_id}.csv")
+    assert _statuses(rows, "s3://scans/in/") == {"photo.jpg/": "failed", "ok.jpg": "colorized"}
 
 
 def test_large_objects_go_up_in_parts(s3):
@@ -522,3 +537,33 @@ def test_cli_fails_fast_on_a_missing_bucket(s3, tmp_path, tiny_model, cli_env):
     assert SECRET not in done.stdout + done.stderr and ACCESS_KEY not in done.stdout + done.stderr
     assert not (tmp_path / "out" / "manifest.csv").exists()
     assert time.monotonic() - started < 120
+
+
+def test_an_archive_uploaded_to_s3_is_relocated_and_checked_by_content(run, s3, tmp_path, tiny_model):
+    from typer.testing import CliRunner
+
+    from colorize.cli import app
+
+    scans = {"one.png": encode(gray_image(60, 80), "PNG"), "sub/two.jpg": encode(gray_image(50, 40, seed=1), "JPEG")}
+    for key, data in scans.items():
+        write(tmp_path / "scans" / key, data)
+    first = run(source=str(tmp_path / "scans"), dest="s3://colour/archive", model=str(tiny_model))
+    assert first.counts == {"colorized": 2}
+    made = {k: s3.get_object(Bucket="colour", Key=f"archive/{k}")["Body"].read() for k in scans}
+    put_many(s3, "scans", {f"uploaded/{k}": v for k, v in scans.items()})  # the archive, now in S3
+
+    refused = run(source="s3://scans/uploaded", dest="s3://colour/archive", model=str(tiny_model))
+    assert refused.counts == {"failed": 2}
+    moved = CliRunner().invoke(app, ["relocate", "s3://colour/archive", str(tmp_path / "scans"), "s3://scans/uploaded"])
+    assert moved.exit_code == 0, moved.output
+    # The ledger knew them by mtime, S3 gives an ETag: their content decides, and the ledger then
+    # holds their ETags, so the night after skips them by ETag alone.
+    after = run(source="s3://scans/uploaded", dest="s3://colour/archive", model=str(tiny_model))
+    assert after.counts == {"skipped_done": 2}
+    rows, _ = s3_csv(s3, "colour", f"archive/manifests/{after.run_id}.csv")
+    assert all("content unchanged (same sha256)" in r for r in rows["reason"])
+    assert all(rows["source_etag"] != "")
+    again = run(source="s3://scans/uploaded", dest="s3://colour/archive", model=str(tiny_model))
+    rows, _ = s3_csv(s3, "colour", f"archive/manifests/{again.run_id}.csv")
+    assert again.counts == {"skipped_done": 2} and all("unchanged since last run" in r for r in rows["reason"])
+    assert {k: s3.get_object(Bucket="colour", Key=f"archive/{k}")["Body"].read() for k in scans} == made

@@ -217,6 +217,8 @@ def test_upside_down_crops_turn_gray_and_colour_together_and_only_when_asked(tmp
         TrainConfig(vflip_probability=2.0)
     with pytest.raises(ValueError, match="val_fraction must be in"):
         TrainConfig(val_fraction=1.5)
+    with pytest.raises(ValueError, match="load_size 200 is below image_size 256"):
+        TrainConfig(load_size=200)
 
 
 def test_rebalancing_weights_rare_colours_up_and_keeps_the_loss_size():
@@ -372,19 +374,25 @@ def test_production_is_measured_as_it_runs_whatever_the_candidates_settings(phot
     assert measured == calibrated != evaluate_model(plain, images, grays, "cpu").as_dict()
 
 
-def test_fine_tuning_starts_from_the_given_weights(photos, tmp_path, tiny_model):
+def test_fine_tuning_starts_from_the_given_weights_and_calibration(photos, tmp_path, tiny_model):
+    from colorize.evaluate import eval_pairs
     from colorize.modelfile import load_model
     from colorize.training.pairs import load_pairs
-    from colorize.training.trainer import train
+    from colorize.training.trainer import evaluate_model, train
 
     start = load_model(str(tiny_model))  # width 4, lab; its shape wins over the config's
     pairs, _ = load_pairs(discover_pairs(str(photos))[0])
     # Adam with lr 0: the weights cannot move. The tiny model has 8 levels, so it trains on 256 crops.
     frozen = TrainConfig(**{**TINY, "lr": 0.0, "epochs": 1, "depth": 8, "image_size": 256, "load_size": 286})
-    result = train(frozen, pairs, [], str(tmp_path / "ckpt"), init_from=start)
+    start.card |= {"chroma_scale": 2.0, "chroma_median": 3}  # a calibrated parent, as the starter is
+    result = train(frozen, pairs[1:], pairs[:1], str(tmp_path / "ckpt"), init_from=start)
     assert result.card["arch"]["width"] == 4 and result.card["fine_tuned_from"] == start.model_id
     for name, tensor in start.generator.state_dict().items():
         assert torch.equal(result.generator.state_dict()[name], tensor), name
+    # The calibration comes along, and the candidate is measured with it: as its parent, here.
+    assert (result.card["chroma_scale"], result.card["chroma_median"]) == (2.0, 3)
+    images, grays = eval_pairs(pairs[:1])
+    assert result.metrics == pytest.approx(evaluate_model(start, images, grays, "cpu").as_dict())
 
 
 def test_rebalancing_changes_the_loss_training_sees_and_is_recorded(photos, tmp_path):

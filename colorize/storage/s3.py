@@ -24,6 +24,7 @@ import io
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import boto3.session
@@ -89,7 +90,12 @@ def parse_uri(uri: str) -> tuple[str, str]:
     bucket, _, prefix = uri[len("s3://") :].partition("/")
     if not bucket:
         raise ValueError(f"S3 URI {uri!r} names no bucket (expected s3://bucket/prefix)")
-    return bucket, prefix.strip("/")
+    prefix = prefix.removesuffix("/")
+    if prefix.startswith("/") or "//" in prefix:
+        # S3 keys may hold them, but no key a run reads or writes does (storage.check_key): a typo.
+        tidy = "/".join(p for p in prefix.split("/") if p)
+        raise ValueError(f"S3 URI {uri!r} has an empty path segment: did you mean s3://{bucket}/{tidy}?")
+    return bucket, prefix
 
 
 def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Config:
@@ -157,15 +163,20 @@ class S3Storage:
         """Every object under ``prefix``, in S3's key order, one page (1000 keys) fetched at a time.
 
         Keys are yielded as S3 has them, unsafe ones included (``a//b``, ``..``), so that the caller
-        can refuse and record them; only "folder" markers (keys ending in ``/``) are left out.
+        can refuse and record them. Empty "folder" markers (keys ending in ``/``) are left out; one
+        that holds bytes is listed with its problem, since it may be a scan uploaded under a bad name.
         """
         full_prefix = self._root + prefix
         pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full_prefix)
         with self._faults("list_objects_v2", full_prefix, what="prefix"):
             for page in pages:
                 for obj in page.get("Contents", ()):
+                    info = self._info(obj["Key"][len(self._root) :], obj)
                     if not obj["Key"].endswith("/"):
-                        yield self._info(obj["Key"][len(self._root) :], obj)
+                        yield info
+                    elif info.size and info.key:
+                        yield replace(info, problem=f"a key ending in '/' that holds {info.size} bytes: a folder "
+                                      "marker with content, or a file uploaded without a name")  # fmt: skip
 
     @staticmethod
     def _info(key: str, meta: dict[str, Any]) -> ObjectInfo:

@@ -15,7 +15,7 @@ import platform
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from colorize.color import NOTEBOOK_NORMALIZATION, lightness_lut, normalize_ab, normalize_l, rgb_to_lab
-from colorize.engine import Colorizer, pick_device
+from colorize.engine import CALIBRATION_KEYS, Colorizer, pick_device
 from colorize.evaluate import QualityReport, colorize_like_production, eval_pairs, evaluate, sample_grid
 from colorize.model import (
     DiscriminatorConfig,
@@ -104,6 +104,11 @@ class TrainConfig:
             raise ValueError(
                 f"image_size {self.image_size} must be a multiple of 2**depth = {2**self.depth}; "
                 f"use depth {int(np.log2(self.image_size))} or less"
+            )
+        if self.load_size < self.image_size:
+            raise ValueError(
+                f"load_size {self.load_size} is below image_size {self.image_size}: every crop would be "
+                "enlarged, teaching the model blur; crops are taken from photos held at load_size"
             )
         if not 0 < self.min_crop_scale <= 1:
             raise ValueError("min_crop_scale must be in (0, 1]")
@@ -378,10 +383,11 @@ def _card(cfg: TrainConfig, gcfg: GeneratorConfig, name: str, **extra: Any) -> d
 
 def evaluate_generator(
     generator: nn.Module, cfg: TrainConfig, gcfg: GeneratorConfig, images: Sequence[np.ndarray],
-    grays: Sequence[np.ndarray], device: str,
+    grays: Sequence[np.ndarray], device: str, calibration: Mapping[str, Any] | None = None,
 ) -> QualityReport:  # fmt: skip
-    """Quality of a generator being trained on evaluation images, through the production inference path."""
-    model = LoadedModel(copy.deepcopy(generator).float().cpu(), _card(cfg, gcfg, "candidate"))
+    """Quality of a generator being trained on evaluation images, through the production inference
+    path, with the calibration its card will carry (``engine.CALIBRATION_KEYS``)."""
+    model = LoadedModel(copy.deepcopy(generator).float().cpu(), _card(cfg, gcfg, "candidate", **(calibration or {})))
     model.card["model_id"] = "candidate"
     return evaluate_model(model, images, grays, device)
 
@@ -424,9 +430,13 @@ def train(
     """
     if not train_pairs:
         raise ValueError("no training pairs")
+    calibration: dict[str, Any] = {}
     if init_from is not None:
         g0 = init_from.config
         cfg = replace(cfg, color_mode=init_from.color_mode, width=g0.width, depth=g0.depth, dropout=g0.dropout)
+        # Fine-tuned weights stay close to their parent's: so does how strongly their colour is
+        # applied, and the candidate is measured as it will run (as production is, with its own).
+        calibration = {k: init_from.card[k] for k in CALIBRATION_KEYS if k in init_from.card}
     device = pick_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
     # Crops are small: OpenCV's own threads only fight the model's (and, on a shared GPU host, other runs').
@@ -565,7 +575,7 @@ def train(
         row: dict[str, float] = {"epoch": float(epoch), "lr": opt_g.param_groups[0]["lr"], "seconds": spent}
         row.update({k: v / n for k, v in sums.items()})
         if val_pairs and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-            report = evaluate_generator(exported, cfg, gcfg, val_images, val_grays, cfg.device)
+            report = evaluate_generator(exported, cfg, gcfg, val_images, val_grays, cfg.device, calibration)
             row.update(report.as_dict("val_"))
         history.append(row)
         if on_epoch:
@@ -574,12 +584,12 @@ def train(
             save_checkpoint(epoch)
 
     if val_pairs and report is None:  # resumed at or past its last epoch: nothing ran, measure what it holds
-        report = evaluate_generator(exported, cfg, gcfg, val_images, val_grays, cfg.device)
+        report = evaluate_generator(exported, cfg, gcfg, val_images, val_grays, cfg.device, calibration)
     final = copy.deepcopy(exported).float().cpu().eval()
     metrics = report.as_dict() if report is not None else {}
     grid = None
     if val_pairs:
-        model = LoadedModel(copy.deepcopy(final), {**_card(cfg, gcfg, name), "model_id": name})
+        model = LoadedModel(copy.deepcopy(final), {**_card(cfg, gcfg, name, **calibration), "model_id": name})
         colorizer = Colorizer(model, device=cfg.device, backend="torch")
         rows = [
             (g, colorize_like_production(g, colorizer.predict_ab), img)
@@ -596,6 +606,7 @@ def train(
             "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         },
         metrics=metrics,
+        **calibration,
     )  # fmt: skip
     if init_from is not None:  # the card's lineage (a registry's `parent` names production at the time)
         card["fine_tuned_from"] = init_from.model_id
