@@ -84,6 +84,9 @@ class WorkItem:
 
     ``verify_sha256`` is set when the ledger knows this source with a different mtime but the same
     size: the shard hashes the bytes and skips the file if its content is in fact unchanged.
+    ``adopt`` is set when an output is at ``output_key`` that the ledger does not record as this
+    source's: the shard keeps it if its XMP says this scan and this model made it (a run stopped
+    between writing it and recording it, or a ledger lost), instead of making it again.
     """
 
     key: str
@@ -93,6 +96,7 @@ class WorkItem:
     output_key: str
     output_format: str
     verify_sha256: str = ""
+    adopt: bool = False
     previous: LedgerEntry | None = field(default=None, compare=False)
 
 
@@ -269,8 +273,8 @@ def plan(
         # forced format can make two sources of a folder meet, and two folders can share a
         # destination), and so does the first of this run's to claim it.
         clash = ""
-        another_may_own = len(ledger) > 0 and not (entry is not None and _made(entry, out_key))
-        if another_may_own and out_key in outputs_there():
+        unrecorded = not (entry is not None and _made(entry, out_key)) and out_key in outputs_there()
+        if unrecorded and len(ledger):
             clash = _clash_with_owner(ledger, source, dest, uri, out_key)
         if not clash and out_key in outputs_seen:
             clash = f"would overwrite the output of {outputs_seen[out_key]}; {_RENAME}"
@@ -281,7 +285,8 @@ def plan(
         if opts.output_format != "same":  # only a forced format can make two sources meet
             outputs_seen[out_key] = obj.key
 
-        item = WorkItem(obj.key, obj.size, obj.mtime, obj.etag, out_key, out_fmt, previous=entry)
+        adopt = unrecorded and not opts.force
+        item = WorkItem(obj.key, obj.size, obj.mtime, obj.etag, out_key, out_fmt, adopt=adopt, previous=entry)
         if entry is not None:
             unchanged = _unchanged(obj, entry)
             if entry.status in DONE_STATUSES and unchanged is not False:

@@ -42,6 +42,7 @@ from colorize.provenance import (
     provenance_kind,
     source_metadata,
 )
+from colorize.provenance_read import recorded_in
 from colorize.storage import ObjectInfo, Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ class ShardProcessor:
             meta = source_metadata(data, self.source.uri_for(item.key))
             if (row := self._already_ours(item, header, sha, meta, started)) is not None:
                 return row
+            if (row := self._adopt(item, header, sha, meta, started)) is not None:
+                return row
             return _Prepared(item, header, None, sha, started, meta, data if self.signing_key else None, jpeg=data)
         return self._decode(item, data, sha, started)
 
@@ -177,6 +180,8 @@ class ShardProcessor:
             return row
         meta = source_metadata(data, self.source.uri_for(item.key))
         if (row := self._already_ours(item, scan, sha, meta, started)) is not None:
+            return row
+        if (row := self._adopt(item, scan, sha, meta, started)) is not None:
             return row
         small = model_input(scan.gray, self.colorizer.image_size)
         return _Prepared(item, scan, small, sha, started, meta, data if self.signing_key else None)
@@ -199,6 +204,44 @@ class ShardProcessor:
         reason = "already colorized: its metadata says archive-colorize made it; pass --colorize-color to redo"
         return self._skipped_colour(item, scan, sha, started, reason)
 
+    def _adopt(
+        self, item: WorkItem, scan: Scan | JpegHeader, sha: str, meta: SourceMetadata, started: float
+    ) -> ManifestRow | None:
+        """The ``skipped_done`` row of an output no record names that this scan and this model made.
+
+        Writes are atomic, so an output there is whole; its XMP says from which scan (sha256), by which
+        model (sha256) and how (colour method). A signing run makes its outputs again: the one
+        found may be unsigned.
+        """
+        if not item.adopt or self.signing_key is not None or not self.model_sha256:
+            return None
+        try:
+            data = self.dest.read_bytes(item.output_key)
+        except FileNotFoundError:
+            return None
+        made = recorded_in(data)
+        if (made.get("source_sha256"), made.get("model_sha256"), made.get("colour_method")) != (
+            sha, self.model_sha256, COLOUR_METHOD
+        ):  # fmt: skip
+            return None
+        run = made.get("run_id") or "?"
+        # As plan.done_row words it, so that the next run's row carries the notes forward.
+        why = [f"found whole, made by run {run} before it stopped", f"output already made by {self.colorizer.model_id}"]
+        reason = "; ".join(n for n in [*why, *self._notes(scan, meta)] if n)
+        return self._row(
+            item, "skipped_done", reason,
+            output_uri=self.dest.uri_for(item.output_key), output_sha256=hashlib.sha256(data).hexdigest(),
+            model_id=self.colorizer.model_id, provenance=provenance_kind(item.output_format, False),
+            model_sha256=self.model_sha256, colour_method=COLOUR_METHOD, seconds=time.perf_counter() - started,
+            **self._scan_fields(scan, sha),
+        )  # fmt: skip
+
+    @staticmethod
+    def _notes(scan: Scan | JpegHeader, meta: SourceMetadata) -> list[str]:
+        """What of the scan its output lacks: the pages after the first, metadata it cannot hold."""
+        pages = f"page 1 of {scan.pages} colorized; the other pages are not in the output" if scan.pages > 1 else ""
+        return [pages, scan.note, meta.problem]
+
     def _skipped_colour(
         self, item: WorkItem, scan: Scan | JpegHeader, sha: str, started: float, reason: str
     ) -> ManifestRow:
@@ -216,9 +259,7 @@ class ShardProcessor:
         data, provenance = self._mark(p, encoded, lost)
         self.dest.write_bytes(p.item.output_key, data, content_type(p.item.output_format))
         # Not a failure, but part of the source is not in the output: the record says so.
-        pages = p.scan.pages
-        notes = [f"page 1 of {pages} colorized; the other pages are not in the output" if pages > 1 else ""]
-        notes += [p.scan.note, p.source_meta.problem, *lost]
+        notes = [*self._notes(p.scan, p.source_meta), *lost]
         return self._row(
             p.item, "colorized", "; ".join(n for n in notes if n), output_uri=self.dest.uri_for(p.item.output_key),
             output_sha256=hashlib.sha256(data).hexdigest(), model_id=self.colorizer.model_id,

@@ -41,6 +41,7 @@ from defusedxml import DefusedXmlException
 from PIL import Image
 
 from colorize import __version__
+from colorize.color import COLOUR_METHOD
 from colorize.imaging import dpi_of, is_quarter_turn, with_jp2_resolution
 from colorize.jpeg_segments import carries_metadata, exif_segment, with_app1, xmp_segment
 
@@ -140,6 +141,7 @@ class ProvenanceInfo:
     run_id: str
     software: str = SOFTWARE
     software_version: str = __version__
+    colour_method: str = COLOUR_METHOD  # how the model's chroma was taken to full resolution
 
     @property
     def creator_tool(self) -> str:
@@ -168,7 +170,7 @@ class ProvenanceInfo:
         return {
             "sourceUri": self.source_uri, "sourceSha256": self.source_sha256, "modelId": self.model_id,
             "modelSha256": self.model_sha256, "software": self.software, "softwareVersion": self.software_version,
-            "runId": self.run_id,
+            "runId": self.run_id, "colourMethod": self.colour_method,
         }  # fmt: skip
 
 

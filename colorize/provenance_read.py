@@ -38,7 +38,7 @@ def _sniff_format(data: bytes) -> str:
 _OUR_FIELDS = (
     ("sourceUri", "source_uri"), ("sourceSha256", "source_sha256"), ("modelId", "model_id"),
     ("modelSha256", "model_sha256"), ("software", "software"), ("softwareVersion", "software_version"),
-    ("runId", "run_id"),
+    ("runId", "run_id"), ("colourMethod", "colour_method"),
 )  # fmt: skip
 
 
@@ -136,7 +136,7 @@ def read_provenance(data: bytes, trust_anchors: str | None = None) -> dict[str, 
     Returns:
         ``format``, ``digital_source_type``, ``description``, ``source_uri``, ``source_sha256``,
         ``model_id``, ``model_sha256``, ``software``, ``software_version``, ``run_id``,
-        ``creator_tool``, ``derived_from``, ``title``, ``creator``, ``rights``,
+        ``colour_method``, ``creator_tool``, ``derived_from``, ``title``, ``creator``, ``rights``,
         ``exif_description``, and ``c2pa``: None, or the manifest summary with its validation
         ``state`` (``Valid``, ``Trusted``, ``Invalid``), ``failures`` and ``tampered``. Missing
         fields are "".
@@ -159,8 +159,19 @@ def read_provenance(data: bytes, trust_anchors: str | None = None) -> dict[str, 
 
 _READ_KEYS = (
     "digital_source_type", "description", "source_uri", "source_sha256", "model_id", "model_sha256", "software",
-    "software_version", "run_id", "creator_tool", "derived_from", "title", "creator", "rights",
+    "software_version", "run_id", "colour_method", "creator_tool", "derived_from", "title", "creator", "rights",
 )  # fmt: skip
+
+
+def recorded_in(data: bytes) -> dict[str, str]:
+    """What an output's XMP says made it (``source_sha256``, ``model_sha256``, ``run_id``,
+    ``colour_method``, ...); {} for a file without our XMP. XMP alone: no C2PA check, no EXIF."""
+    try:
+        with exiv2_reading(data) as img:
+            xmp = exiv2_decoded(img.read_raw_xmp) if img.get_access_mode().get("xmp") else ""
+    except (RuntimeError, ValueError):
+        return {}
+    return _xmp_fields(xmp)
 
 
 def describe(report: dict[str, Any]) -> Iterator[str]:
@@ -174,6 +185,7 @@ def describe(report: dict[str, Any]) -> Iterator[str]:
     for label, key in (
         ("description", "description"), ("source", "source_uri"), ("source sha256", "source_sha256"),
         ("model", "model_id"), ("model sha256", "model_sha256"), ("software", "creator_tool"), ("run", "run_id"),
+        ("colour method", "colour_method"),
         ("title", "title"), ("creator", "creator"), ("rights", "rights"),
     ):  # fmt: skip
         if report.get(key):

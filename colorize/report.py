@@ -205,16 +205,28 @@ def _name_cell(uri: str, root: str) -> str:
     return f'<span class="path" title="{_e(uri)}">{_e(shown)}</span>'
 
 
-def _reasons_html(section_id: str, title: str, rows: pd.DataFrame, root: str) -> str:
-    """A table of every row given (file, reason); nothing when there are none."""
+# Most rows a list of the page shows: a moved archive's run refuses every scan, and a page of a
+# million rows (some 200 MB) opens nowhere; the run's manifest has them all.
+LISTED_ROWS = 2000
+
+
+def _reasons_html(section_id: str, title: str, rows: pd.DataFrame, root: str, run_id: str) -> str:
+    """A table of the rows given (file, reason), the first ``LISTED_ROWS``; nothing when there are none."""
     if rows.empty:
         return ""
+    shown = rows.head(LISTED_ROWS)
     body = "".join(
         f"<tr><td>{_name_cell(uri, root)}</td><td>{_e(reason)}</td></tr>"
-        for uri, reason in zip(rows["source_uri"], rows["reason"], strict=True)
+        for uri, reason in zip(shown["source_uri"], shown["reason"], strict=True)
+    )
+    manifest = _e(run_key(run_id))
+    more = (
+        f'<p class="note">The first {len(shown):,} by path; <code>{manifest}</code> lists all {len(rows):,}.</p>'
+        if len(rows) > len(shown)
+        else ""
     )
     return (
-        f'<section id="{section_id}"><h2>{_e(title)} ({len(rows)})</h2>'
+        f'<section id="{section_id}"><h2>{_e(title)} ({len(rows)})</h2>{more}'
         f'<table class="reasons"><thead><tr><th>File</th><th>Reason</th></tr></thead><tbody>{body}</tbody></table>'
         "</section>"
     )
@@ -334,13 +346,16 @@ def render_report(
         meta=_meta_html(run, dest, root),
         counts=_counts_html(counts),
         done_note=done_note,
-        failed=_reasons_html("failed", "Failed", by_status["failed"], root),
-        skipped_color=_reasons_html("skipped-color", "Skipped: already colour", by_status["skipped_color"], root),
+        failed=_reasons_html("failed", "Failed", by_status["failed"], root, run_id),
+        skipped_color=_reasons_html(
+            "skipped-color", "Skipped: already colour", by_status["skipped_color"], root, run_id
+        ),
         partial=_reasons_html(
             "colorized-in-part",
             "Colorized in part",
             by_status["colorized"][by_status["colorized"]["reason"] != ""],
             root,
+            run_id,
         ),
         pairs=_pairs_html(shown, thumbs, len(by_status["colorized"]), root),
     )
@@ -349,7 +364,8 @@ def render_report(
 def build_report(dest: Storage, run_id: str, sample: int = DEFAULT_SAMPLE, endpoint_url: str | None = None) -> str:
     """The HTML page of run ``run_id`` at ``dest``, from its manifest and its files.
 
-    Every failed and already-colour file is listed with its reason; already-done files are only
+    Failed and already-colour files are listed with their reasons (the first ``LISTED_ROWS`` of each
+    kind, by path); already-done files are only
     counted; before/after thumbnails are shown for at most ``sample`` colorized files (see
     :func:`sample_rows`). A source or output that cannot be read shows a placeholder.
 

@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from colorize.manifest import ManifestRow, run_key, to_frame, write_csv
-from colorize.report import THUMB_SIDE, build_report, latest_run_id, report_link, sample_rows, write_report
+from colorize.report import LISTED_ROWS, THUMB_SIDE, build_report, latest_run_id, report_link, sample_rows, write_report
 from colorize.storage.local import LocalStorage
 from tests.helpers import colour_image, encode, gray_image, write
 
@@ -99,7 +99,7 @@ def test_names_reasons_and_model_ids_are_escaped(tmp_path):
     assert "http://" not in page and "https://" not in page  # nothing to load from anywhere
 
 
-def test_sample_caps_the_grid_but_every_failure_is_listed(tmp_path):
+def test_sample_caps_the_grid_but_not_the_failures(tmp_path):
     src, dest = tmp_path / "scans", tmp_path / "out"
     rows = []
     for i in range(30):
@@ -120,6 +120,16 @@ def test_sample_caps_the_grid_but_every_failure_is_listed(tmp_path):
     figures = _shown(page)
     assert figures == _shown(build_report(storage, RUN_ID, sample=7))  # the same sample every time
     assert figures == sorted(figures) and len(figures) == 7 and all("/ok/" in f for f in figures)
+
+
+def test_a_run_that_failed_everything_lists_the_first_failures_and_names_the_manifest(tmp_path):
+    src, dest = tmp_path / "scans", tmp_path / "out"
+    n = LISTED_ROWS + 5  # as when a moved archive's every scan is refused
+    rows = [_row(src, f"box/{i:05d}.jpg", "failed", reason=f"owned elsewhere {i}") for i in range(n)]
+    page = build_report(_write_run(dest, rows), RUN_ID)
+    assert f"owned elsewhere {LISTED_ROWS - 1}<" in page and f"owned elsewhere {LISTED_ROWS}<" not in page
+    assert f"The first {LISTED_ROWS:,} by path; <code>manifests/{RUN_ID}.csv</code> lists all {n:,}." in page
+    assert f'<a href="#failed"><b>{n}</b>' in page
 
 
 def test_a_scan_colorized_in_part_is_listed_with_its_note(tmp_path):

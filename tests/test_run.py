@@ -386,9 +386,9 @@ def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     finally:
         proc.kill()
         proc.wait()
-    killed_outputs = {p.relative_to(dest) for p in dest.rglob("*.png")}
-    for p in dest.rglob("*.png"):
-        decode_scan(p.read_bytes())  # every output there is whole
+    killed_outputs = {p.relative_to(dest): p.read_bytes() for p in dest.rglob("*.png")}
+    for data in killed_outputs.values():
+        decode_scan(data)  # every output there is whole
     held = json.loads((dest / LEASE_KEY).read_bytes())
     assert held["pid"] == proc.pid  # the killed run's lease, taken over at once below: its process is gone
     # What a write cut off by the kill leaves (the kill rarely lands mid-write, so made here for sure).
@@ -406,12 +406,45 @@ def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     assert len(recorded_before) >= 2
     redone = set(last[last["status"] == "colorized"]["source_uri"])
     assert not (redone & recorded_before)  # what the killed run recorded is not done twice
+    # Nor what it wrote without recording it (the shards in flight): kept, by what its XMP says.
+    assert not (redone & {str(src / key) for key in killed_outputs})
+    assert {key: (dest / key).read_bytes() for key in killed_outputs} == killed_outputs
     ledger = _manifest(dest)
     assert len(ledger) == 24 and all(Path(u).exists() for u in ledger["output_uri"])
-    assert killed_outputs <= {p.relative_to(dest) for p in dest.rglob("*.png")}
     assert not [p for p in dest.rglob("*") if p.name.startswith(TEMP_PREFIX)]
     assert not [p for p in (dest / "manifests").iterdir() if p.is_dir()]
     assert not (dest / LEASE_KEY).exists()
+
+
+def test_outputs_no_record_names_are_kept_when_this_scan_and_model_made_them(run, tmp_path, tiny_model, other_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    for name, fmt in (("a.jpg", "JPEG"), ("b.png", "PNG"), ("c.bmp", "BMP")):
+        write(src / name, encode(gray_image(40, 50, seed=len(name) + ord(name[0])), fmt))
+    first = run(src, dest, tiny_model)
+
+    def forget() -> dict[str, bytes]:
+        """The ledger lost (or never written: a run killed before recording), the outputs kept."""
+        for csv in [dest / "manifest.csv", *(dest / "manifests").glob("*.csv")]:
+            csv.unlink()
+        return {p.name: p.read_bytes() for p in dest.iterdir() if p.is_file()}
+
+    made = forget()
+    rows = _by_key(_manifest(dest, run(src, dest, tiny_model).run_id), src)
+    for name in ("a.jpg", "b.png"):
+        assert rows[name].status == "skipped_done", rows[name].reason
+        assert f"found whole, made by run {first.run_id} before it stopped" in rows[name].reason
+        assert rows[name].output_sha256 == hashlib.sha256(made[name]).hexdigest() and rows[name].width == "50"
+        assert (dest / name).read_bytes() == made[name]
+    assert rows["c.bmp"].status == "colorized"  # a BMP says nothing about itself: made again
+
+    # A changed scan, another model, or --force: made again.
+    write(src / "a.jpg", encode(gray_image(40, 50, seed=99), "JPEG"))
+    forget()
+    assert run(src, dest, tiny_model).counts == {"colorized": 2, "skipped_done": 1}
+    forget()
+    assert run(src, dest, other_model).counts == {"colorized": 3}
+    forget()
+    assert run(src, dest, other_model, force=True).counts == {"colorized": 3}
 
 
 def test_a_run_on_a_destination_another_run_holds_stops_before_writing_anything(run, tmp_path, tiny_model, cli_env):
