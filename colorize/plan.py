@@ -24,6 +24,7 @@ from colorize.imaging import (
 )
 from colorize.manifest import DONE_STATUSES, Ledger, LedgerEntry, ManifestRow, format_mtime
 from colorize.storage import (
+    NoSuchFolderError,
     ObjectInfo,
     Storage,
     UnsafeKeyError,
@@ -235,7 +236,10 @@ def plan(
         """The destination's keys, listed once, when first asked for."""
         nonlocal existing
         if existing is None:
-            existing = {o.key for o in dest.list()}
+            try:
+                existing = {o.key for o in dest.list()}
+            except NoSuchFolderError:  # a first run's, before anything is written there
+                existing = set()
         return existing
 
     nested = nested_prefix(source.uri, dest.uri)

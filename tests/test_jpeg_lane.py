@@ -124,15 +124,15 @@ def test_jpeg_dpi_is_recorded_with_or_without_a_jfif_header():
     assert "dpi" not in Image.open(io.BytesIO(set_jpeg_dpi(data, None))).info
 
 
-def _shard(tmp_path: Path, model: Path, lane: bool) -> tuple[list, Path]:
+def _shard(tmp_path: Path, model: Path, lane: bool, adopt: bool = False) -> tuple[list, Path]:
     src = tmp_path / "src"
     dest = tmp_path / ("lane" if lane else "cpu")
     loaded = load_model(str(model))
     opts = RunOptions(run_id=new_run_id(), source=str(src), dest=str(dest), model=str(model),
                       model_id=loaded.model_id, batch_size=3)  # fmt: skip
     source, target = open_storage(opts.source), open_storage(opts.dest)
-    items = [WorkItem(o.key, o.size, o.mtime, None, o.key, "TIFF" if o.key.endswith(".tif") else "JPEG")
-             for o in source.list()]  # fmt: skip
+    items = [WorkItem(o.key, o.size, o.mtime, None, o.key, "TIFF" if o.key.endswith(".tif") else "JPEG",
+                      adopt=adopt) for o in source.list()]  # fmt: skip
     processor = ShardProcessor(opts, Colorizer(loaded, device="cpu"), source, target)
     assert processor.lane is None  # on a CPU the lane is off; here it is switched on by hand
     if lane:
@@ -174,3 +174,11 @@ def test_shard_through_the_lane_gives_the_cpu_paths_results(tmp_path):
         assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, name  # JPEG re-encoding noise is ~1 code
         info = read_provenance((lane_out / name).read_bytes())
         assert info["source_sha256"] == row.source_sha256 and info["model_id"] == row.model_id
+
+    # Outputs no record names (a run stopped before recording them): the lane keeps them, as the CPU way does.
+    made = {p.name: p.read_bytes() for p in lane_out.iterdir() if p.is_file()}
+    again, _ = _shard(tmp_path, model, lane=True, adopt=True)
+    kept = [r for r in again if r.status == "skipped_done"]
+    assert len(kept) == 7 and all("found whole, made by run" in r.reason for r in kept)
+    assert [(r.width, r.height, r.output_sha256) for r in kept] == [(r.width, r.height, r.output_sha256) for r in done]
+    assert {p.name: p.read_bytes() for p in lane_out.iterdir() if p.is_file()} == made

@@ -20,6 +20,10 @@ class StorageError(RuntimeError):
     """A fault that stops a run: missing bucket or folder, access denied, unreachable endpoint."""
 
 
+class NoSuchFolderError(StorageError):
+    """A local root folder that does not exist: a fault for a source, an empty one for a destination."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One stored object.

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from colorize.host import HOST, process_alive, this_process
-from colorize.storage import ObjectInfo, StorageError, check_key
+from colorize.storage import NoSuchFolderError, ObjectInfo, StorageError, check_key
 
 # Temporary files start with this, so that a listing (and a rerun after a kill) never takes one
 # for a scan or an output.
@@ -43,7 +43,9 @@ class LocalStorage:
         if not top.is_dir():
             if prefix:
                 return
-            raise StorageError(f"folder {self.root} does not exist or is not a folder")
+            if not self.root.exists():
+                raise NoSuchFolderError(f"folder {self.root} does not exist")
+            raise StorageError(f"{self.root} is not a folder")
         # os.walk is lazy; names are sorted so that runs (and shards) are reproducible. What it
         # cannot enter or read is listed with the reason, so that a run records it, not skips it.
         unreadable: list[OSError] = []
