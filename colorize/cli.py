@@ -329,11 +329,27 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+class _WithoutTracebacks(logging.Formatter):
+    """Log lines without their tracebacks: a missing folder is one line for the person at the terminal
+    (Prefect logs every failed task and flow with its traceback; `-v`, and the Prefect UI, keep them)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Not formatException: a handler before this one (Prefect's API log handler) may have cached
+        # the traceback's text on the record.
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    console = logging.StreamHandler()
+    layout = "%(levelname)s %(name)s: %(message)s"
+    console.setFormatter(logging.Formatter(layout) if verbose else _WithoutTracebacks(layout))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[console])
     # SIGTERM (a scheduler's timeout, systemd, Kubernetes) ends the process without running exit
     # handlers, and one of Prefect's stops the temporary API server it started: it would be left
     # running, orphaned (as it is after a SIGKILL, which no handler sees: the next run or train

@@ -346,6 +346,7 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
 
     missing = _cli(["run", str(tmp_path / "nothing-here"), str(tmp_path / "out2"), "--model", str(tiny_model)], cli_env)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr  # Prefect logs the failed task and flow: one line each, here
 
     default = _cli(["run", str(src), str(tmp_path / "out-default")], cli_env)  # the packaged starter model
     assert default.returncode == 0, default.stderr
