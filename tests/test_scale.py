@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +14,7 @@ import pytest
 
 from bench.plan_memory import make_collection, measure
 from colorize.imaging import decode_scan
+from colorize.provenance_read import read_provenance
 from colorize.storage.local import TEMP_PREFIX
 from tests.helpers import encode, gray_image, write
 
@@ -54,8 +55,21 @@ def test_kill_at_random_points_then_finish_each_output_exactly_once(tmp_path, ti
     runs = _manifests(dest)
     for run in runs:
         assert run["source_uri"].is_unique  # no source twice in one run
-    recorded = Counter(u for run in runs for u in run.loc[run["status"] == "colorized", "source_uri"])
-    assert set(recorded) == {str(p) for p in src.rglob("*.png")} and set(recorded.values()) == {1}
+    # Each output was made once and recorded once: by the run that made it ("colorized"), or, when a
+    # kill came between the two, by the next run, which found it whole ("found whole, made by run X").
+    # The output's own XMP names the run that made it, so a second making would show.
+    makers: dict[str, list[str]] = {}
+    for run in runs:
+        for row in run.itertuples():
+            if row.status == "colorized":
+                makers.setdefault(row.source_uri, []).append(row.run_id)
+            elif (found := re.search(r"found whole, made by run (\S+) before it stopped", row.reason)) is not None:
+                makers.setdefault(row.source_uri, []).append(found[1])
+    assert sorted(makers) == sorted(str(p) for p in src.rglob("*.png"))
+    for uri, made_by in makers.items():
+        assert len(made_by) == 1, (uri, made_by)
+        out = dest / Path(uri).relative_to(src)
+        assert read_provenance(out.read_bytes())["run_id"] == made_by[0], uri
     assert len(runs[-1]) == 30  # the finishing run accounts for every source
     ledger = pd.read_csv(dest / "manifest.csv", dtype=str, keep_default_na=False)
     assert len(ledger) == 30 and all(Path(u).exists() for u in ledger["output_uri"])
