@@ -105,6 +105,7 @@ class DestinationLease:
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._renewer: threading.Thread | None = None
+        self.unguarded = False  # the store ignores conditional writes: the lease guards nothing
 
     def __enter__(self) -> DestinationLease:
         self._take()
@@ -139,6 +140,7 @@ class DestinationLease:
             mine = replace(self._holder, renewed=now).to_bytes()
             if (version := self.dest.write_if(self.key, mine, None)) is not None:
                 self._version = version
+                self._probe(mine)
                 return
             current = self.dest.read_versioned(self.key)
             if current is None:
@@ -157,6 +159,25 @@ class DestinationLease:
                 self._version = new
                 return
         raise DestinationBusyError(f"could not take the lease of {self.dest.uri}: other runs kept changing it")
+
+    def _probe(self, mine: bytes) -> None:
+        """Say so when the store ignores conditional writes (it wrote over the lease just taken).
+
+        S3-compatible stores that do not implement ``If-None-Match`` / ``If-Match`` accept every
+        PUT: on them a lease keeps no second run off. One more create-only write of the same bytes
+        tells: refused on a store that honours it, accepted (same bytes, same ETag) on one that does not.
+        """
+        if (again := self.dest.write_if(self.key, mine, None)) is None:
+            return
+        self._version = again
+        self.unguarded = True
+        log.warning(
+            "the store of %s ignored a conditional write (If-None-Match): its lease cannot keep a second run "
+            "off this destination, and two runs at once would colorize the same scans twice. Run one at a time "
+            "by other means (the deployment's concurrency limit), or use a store that honours conditional "
+            "requests (AWS S3, MinIO, Ceph)",
+            self.dest.uri,
+        )
 
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(self.renew_seconds):

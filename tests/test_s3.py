@@ -107,6 +107,7 @@ class FaultProxy:
     upstream: tuple[str, int]
     faults: list[Fault] = field(default_factory=list)
     seen: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status answered)
+    drop_headers: set[str] = field(default_factory=set)  # request headers not passed on (lower case)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
@@ -160,7 +161,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
             conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            dropped = _HOP_BY_HOP | proxy.drop_headers
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
             headers["Content-Length"] = str(len(body))
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -310,6 +312,20 @@ def _storage_error(fn, *words: str) -> str:
         assert word in message, message
     assert SECRET not in message and ACCESS_KEY not in message
     return message
+
+
+def test_a_store_that_ignores_conditional_writes_is_named_when_a_lease_is_taken(s3, proxy, caplog):
+    from colorize.lease import DestinationLease
+
+    caplog.set_level(logging.WARNING, logger="colorize.lease")
+    with DestinationLease(S3Storage("s3://colour/honoured"), "run-a") as lease:
+        assert not lease.unguarded  # moto, as AWS, MinIO and Ceph, refuses the second create
+    assert "ignored a conditional write" not in caplog.text
+
+    proxy.drop_headers = {"if-none-match", "if-match"}  # a store that does not implement them
+    with DestinationLease(S3Storage("s3://colour/ignored", endpoint_url=proxy.url), "run-b") as lease:
+        assert lease.unguarded
+    assert "s3://colour/ignored ignored a conditional write (If-None-Match)" in caplog.text
 
 
 def test_permanent_faults_stop_with_the_bucket_and_the_operation(s3, proxy, moto_url, monkeypatch):
