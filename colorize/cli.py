@@ -85,6 +85,9 @@ def run(
     gpu_slot: Annotated[
         str | None, typer.Option(help="Hold this Prefect global concurrency limit while using the GPU.")
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what the run would do, from the listing and the ledger; do nothing.")
+    ] = False,
 ) -> None:
     """Colorize every gray scan under SOURCE into DEST, and record it in DEST/manifest.csv.
 
@@ -94,6 +97,18 @@ def run(
     from colorize.modelfile import ModelNotFoundError
     from colorize.plan import describe_not_scans
     from colorize.storage import StorageError
+
+    if dry_run:
+        options = dict(
+            force=force, redo_older=redo_older, colorize_color=colorize_color, output_format=output_format.value,
+            max_pixels=int(max_megapixels * 1e6), endpoint_url=endpoint_url,
+        )  # fmt: skip
+        try:
+            _dry_run(source, dest, model, registry, options)
+        except (ModelNotFoundError, StorageError, OSError, ValueError) as err:
+            raise _fail(str(err), 1) from None
+        return
+
     from flows.colorize_archive import colorize_archive
 
     stop_orphaned_prefect_servers()
@@ -123,6 +138,32 @@ def run(
     if summary.not_scans:
         typer.echo(f"left alone, not scans by their extension: {describe_not_scans(summary.not_scans)}")
     typer.echo(f"manifest: {summary.dest.rstrip('/')}/manifests/{summary.run_id}.csv")
+
+
+def _dry_run(source: str, dest: str, model: str | None, registry: str | None, options: dict[str, object]) -> None:
+    """Print what a run would do (``colorize run --dry-run``): no Prefect, no lease, nothing written."""
+    from colorize.manifest import Ledger
+    from colorize.plan import describe_not_scans, new_run_options, preview
+    from colorize.storage import open_storage
+
+    endpoint = options.get("endpoint_url")
+    src, dst = open_storage(source, endpoint), open_storage(dest, endpoint)  # type: ignore[arg-type]
+    opts = new_run_options(src, dst, model, registry, options)
+    seen = preview(opts, src, dst, Ledger.load(dst))
+    typer.echo(f"dry run, nothing written: {src.uri} -> {dst.uri} with model {opts.model_id}")
+    kept = [
+        f"{seen.verify} skipped after all if their content is unchanged" if seen.verify else "",
+        f"{seen.adopt} kept if the output already at their path is theirs" if seen.adopt else "",
+    ]
+    notes = "; ".join(k for k in kept if k)
+    typer.echo(f"would colorize {seen.colorize}" + (f" ({notes})" if notes else ""))
+    for status in ("skipped_done", "skipped_color", "failed"):
+        if seen.decided[status]:
+            typer.echo(f"would record {status} {seen.decided[status]}")
+    for uri, reason in seen.failures:
+        typer.echo(f"failed: {uri}: {reason}")
+    if seen.not_scans:
+        typer.echo(f"would leave alone, not scans by their extension: {describe_not_scans(seen.not_scans)}")
 
 
 @app.command()

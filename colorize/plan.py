@@ -22,7 +22,7 @@ from colorize.imaging import (
     output_format,
     output_key,
 )
-from colorize.manifest import DONE_STATUSES, Ledger, LedgerEntry, ManifestRow, format_mtime
+from colorize.manifest import DONE_STATUSES, Ledger, LedgerEntry, ManifestRow, format_mtime, new_run_id
 from colorize.storage import (
     NoSuchFolderError,
     ObjectInfo,
@@ -324,6 +324,57 @@ def plan(
         yield Shard(n_shards + 1, pending)
     if skipped:
         yield SkipBatch(n_skips + 1, skipped)
+
+
+def new_run_options(
+    source: Storage, dest: Storage, model: str | None, registry: str | None, options: Mapping[str, object]
+) -> RunOptions:
+    """A new run's options: a fresh run id, the destination checked against the source, and the
+    model resolved and named (its weights hashed, not loaded). Nothing is written anywhere.
+
+    Args:
+        options: the rest of :class:`RunOptions` (batch_size, force, output_format, ...).
+    """
+    from colorize.modelfile import model_identity, resolve_model_spec  # torch: only for a run
+
+    check_destination(source, dest)
+    endpoint = options.get("endpoint_url")
+    spec = resolve_model_spec(model, registry, endpoint)  # type: ignore[arg-type]
+    model_id = model_identity(spec, endpoint)  # type: ignore[arg-type]
+    return RunOptions(run_id=new_run_id(), source=source.uri, dest=dest.uri, model=spec, model_id=model_id, **options)  # type: ignore[arg-type]
+
+
+@dataclass
+class Preview:
+    """What a run would do, from its plan alone: the listing and the ledger, no file read.
+
+    ``colorize`` counts the scans a run would read: of them, ``verify`` are skipped after all if their
+    content turns out unchanged (only their mtime or ETag moved), and ``adopt`` have an output at
+    their path that no record gives them, kept if its XMP says this scan and model made it.
+    ``decided`` counts the rows the plan settles unread, by status.
+    """
+
+    colorize: int = 0
+    verify: int = 0
+    adopt: int = 0
+    decided: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source URI, reason), the first few
+    not_scans: Counter[str] = field(default_factory=Counter)
+
+
+def preview(opts: RunOptions, source: Storage, dest: Storage, ledger: Ledger, failures: int = 3) -> Preview:
+    """Plan a run to the end and count what it would do; nothing is read but the listings, nothing written."""
+    out = Preview()
+    for unit in plan(opts, source, dest, ledger, not_scans=out.not_scans):
+        if isinstance(unit, Shard):
+            out.colorize += len(unit.items)
+            out.verify += sum(1 for item in unit.items if item.verify_sha256)
+            out.adopt += sum(1 for item in unit.items if item.adopt)
+            continue
+        out.decided.update(row.status for row in unit.rows)
+        room = failures - len(out.failures)
+        out.failures += [(r.source_uri, r.reason) for r in unit.rows if r.status == "failed"][: max(0, room)]
+    return out
 
 
 def check_destination(source: Storage, dest: Storage) -> None:

@@ -19,10 +19,9 @@ from colorize.c2pa_signing import load_signing_key
 from colorize.imaging import DEFAULT_MAX_PIXELS, image_extensions
 from colorize.inflight import memory_budget
 from colorize.lease import DestinationLease
-from colorize.manifest import Ledger, finish_run, new_run_id, run_key, unfinished_runs, write_part
+from colorize.manifest import Ledger, finish_run, run_key, unfinished_runs, write_part
 from colorize.model_cache import get_colorizer
-from colorize.modelfile import model_identity, resolve_model_spec
-from colorize.plan import RunOptions, Shard, SkipBatch, check_destination, describe_not_scans, plan
+from colorize.plan import RunOptions, Shard, SkipBatch, describe_not_scans, new_run_options, plan
 from colorize.process import ShardProcessor
 from colorize.report import DEFAULT_SAMPLE, report_link, write_report
 from colorize.storage import StorageError, open_storage
@@ -54,12 +53,8 @@ def start_run(
     src, dst = open_storage(source, endpoint), open_storage(dest, endpoint)  # type: ignore[arg-type]
     if next(iter(src.list()), None) is None:  # also raises StorageError when the source is missing
         logger.warning("source %s holds no files", src.uri)
-    check_destination(src, dst)
-    run_id = new_run_id()
-    spec = resolve_model_spec(model, registry, endpoint)  # type: ignore[arg-type]
-    model_id = model_identity(spec, endpoint)  # type: ignore[arg-type]  # shards load the model, wherever they run
-    logger.info("run %s: %s -> %s with model %s", run_id, src.uri, dst.uri, model_id)
-    opts = RunOptions(run_id=run_id, source=src.uri, dest=dst.uri, model=spec, model_id=model_id, **options)  # type: ignore[arg-type]
+    opts = new_run_options(src, dst, model, registry, options)  # shards load the model, wherever they run
+    logger.info("run %s: %s -> %s with model %s", opts.run_id, src.uri, dst.uri, opts.model_id)
     if opts.sign_cert and opts.sign_key:  # a certificate C2PA refuses stops the run here, not per file
         load_signing_key(opts.sign_cert, opts.sign_key, opts.endpoint_url)
     return opts

@@ -366,6 +366,37 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     assert both.returncode == 1 and "not both" in both.stderr and not (tmp_path / "out5").exists()
 
 
+def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(run, tmp_path, tiny_model):
+    from typer.testing import CliRunner
+
+    from colorize.cli import app
+
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    for i in range(3):
+        write(src / f"s{i}.png", encode(gray_image(40, 50, seed=i), "PNG"))
+    write(src / "notes.txt", b"box 3")
+
+    def dry(source: Path = src) -> str:
+        result = CliRunner().invoke(app, ["run", str(source), str(dest), "--model", str(tiny_model), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "would colorize 3\n" in dry() and "not scans by their extension: 1 .txt" in dry()
+    assert not dest.exists()  # nothing written, not even the destination folder
+    run(src, dest, tiny_model)
+    before = _tree_hashes(dest)
+    assert "would colorize 0\n" in dry() and "would record skipped_done 3" in dry()
+
+    os.utime(src / "s0.png", (1e9, 1e9))  # touched: checked by its content
+    write(src / "s9.png", encode(gray_image(40, 50, seed=9), "PNG"))
+    assert "would colorize 2 (1 skipped after all if their content is unchanged)" in dry()
+    moved = tmp_path / "moved"
+    src.rename(moved)
+    out = dry(moved)
+    assert "would record failed 3" in out and f"colorize relocate {dest} {src} {moved}" in out
+    assert _tree_hashes(dest) == before  # the ledger, the manifests and the outputs as they were
+
+
 def test_a_killed_run_is_finished_by_the_next(tmp_path, tiny_model, cli_env):
     src, dest = tmp_path / "scans", tmp_path / "colour"
     for i in range(24):
