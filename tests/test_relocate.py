@@ -133,3 +133,20 @@ def test_relocated_rows_meet_rows_already_at_the_new_place() -> None:
     assert relocate(ledger, "/old-out", "/new-out")[0].set_index("source_uri").loc["/c/z.jpg", "output_uri"] == (
         "/new-out/z.jpg"
     )
+
+
+def test_a_folder_moved_inside_the_source_is_relocated_with_its_outputs(run, tmp_path, tiny_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    _scans(src)  # a.jpg, box/b.png
+    run(src, dest, tiny_model)
+    made = _outputs(dest)
+    (src / "1950s").mkdir()
+    (src / "box").rename(src / "1950s" / "box")
+    (dest / "1950s").mkdir()
+    (dest / "box").rename(dest / "1950s" / "box")
+
+    assert _relocate(str(dest), str(src / "box"), str(src / "1950s" / "box"))[0] == 0  # the scans
+    assert _relocate(str(dest), str(dest / "box"), str(dest / "1950s" / "box"))[0] == 0  # their outputs
+    _, rows = run(src, dest, tiny_model)
+    assert {k: r.status for k, r in rows.items()} == {"a.jpg": "skipped_done", "b.png": "skipped_done"}
+    assert _outputs(dest) == made and (dest / "1950s" / "box" / "b.png").exists()
