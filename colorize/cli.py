@@ -133,8 +133,8 @@ def run(
     typer.echo(f"run {summary.run_id}: {counts}")
     for uri, reason in summary.failures[:3]:  # the reason may be one to act on: a moved archive's, say
         typer.echo(f"failed: {uri}: {reason}")
-    if len(summary.failures) > 3:
-        typer.echo(f"... and {len(summary.failures) - 3} more failed (the manifest has every reason)")
+    if (failed := summary.counts.get("failed", 0)) > 3:
+        typer.echo(f"... and {failed - 3} more failed (the manifest has every reason)")
     if summary.not_scans:
         typer.echo(f"left alone, not scans by their extension: {describe_not_scans(summary.not_scans)}")
     typer.echo(f"manifest: {summary.dest.rstrip('/')}/manifests/{summary.run_id}.csv")

@@ -27,6 +27,9 @@ from colorize.report import DEFAULT_SAMPLE, report_link, write_report
 from colorize.storage import StorageError, open_storage
 from flows.runners import current_api_url, shard_resources, shard_runner, share_api_url
 
+# Failures a run's summary names (the artifact, the CLI's first lines); the manifest has them all.
+SUMMARY_FAILURES = 20
+
 
 @dataclass
 class RunSummary:
@@ -34,7 +37,7 @@ class RunSummary:
     dest: str
     model_id: str
     counts: dict[str, int] = field(default_factory=dict)
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (source URI, reason): the first SUMMARY_FAILURES
     report_url: str = ""  # the run report: file:// URI, or presigned link for S3
     not_scans: dict[str, int] = field(default_factory=dict)  # files left alone, by extension ("" for none)
 
@@ -99,7 +102,7 @@ def record_skips(opts: RunOptions, batch: SkipBatch) -> dict[str, int]:
 def finish_manifest(opts: RunOptions) -> RunSummary:
     """Assemble the run manifest and update the cumulative ledger."""
     run = finish_run(open_storage(opts.dest, opts.endpoint_url), opts.run_id)
-    failed = run[run["status"] == "failed"]
+    failed = run[run["status"] == "failed"].head(SUMMARY_FAILURES)  # a moved archive's run refuses millions
     return RunSummary(
         run_id=opts.run_id, dest=opts.dest, model_id=opts.model_id,
         counts={k: int(v) for k, v in run["status"].value_counts().items()},
@@ -141,8 +144,8 @@ def publish_summary(summary: RunSummary) -> None:
     if summary.report_url:
         lines += ["", f"Report: [{summary.run_id}.html]({summary.report_url})"]
     if summary.failures:
-        lines += ["", "## Failures (first 20)", ""]
-        lines += [f"- {_md_code(uri)}: {_md_text(reason)}" for uri, reason in summary.failures[:20]]
+        lines += ["", f"## Failures (first {SUMMARY_FAILURES})", ""]
+        lines += [f"- {_md_code(uri)}: {_md_text(reason)}" for uri, reason in summary.failures]
     create_markdown_artifact(key="colorize-run-summary", markdown="\n".join(lines))
 
 
