@@ -102,3 +102,11 @@ def test_a_folder_the_listing_cannot_enter_is_listed_with_the_reason(tmp_path):
     finally:
         (tmp_path / "locked").chmod(0o755)
     assert listed == [repr(("locked/", "cannot list this folder: Permission denied")), repr(("open/a.jpg", ""))]
+
+
+def test_a_pipe_among_the_scans_is_listed_as_a_problem_not_read(tmp_path):
+    (tmp_path / "box").mkdir()
+    (tmp_path / "box" / "ok.jpg").write_bytes(b"x")
+    os.mkfifo(tmp_path / "box" / "scan.jpg")  # opening it to read would block
+    listed = {o.key: o.problem for o in open_storage(str(tmp_path)).list()}
+    assert listed == {"box/ok.jpg": "", "box/scan.jpg": "not a regular file (a pipe, socket or device): nothing read"}

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -73,7 +74,8 @@ class LocalStorage:
                 except OSError as err:
                     yield self._problem(full, "", f"cannot read its details: {err.strerror}")
                     continue
-                if not os.path.isfile(full):
+                if not stat.S_ISREG(st.st_mode):  # reading a pipe named scan.jpg would wait for ever
+                    yield self._problem(full, "", "not a regular file (a pipe, socket or device): nothing read")
                     continue
                 key = os.path.relpath(full, self.root).replace(os.sep, "/")
                 yield ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
