@@ -142,14 +142,7 @@ def read_provenance(data: bytes, trust_anchors: str | None = None) -> dict[str, 
         fields are "".
     """
     fmt = _sniff_format(data)
-    xmp, exif = "", {}
-    if fmt:
-        try:
-            with exiv2_reading(data) as img:
-                xmp = exiv2_decoded(img.read_raw_xmp) if img.get_access_mode().get("xmp") else ""
-                exif = exiv2_decoded(img.read_exif) if img.get_access_mode().get("exif") else {}
-        except (RuntimeError, ValueError) as err:
-            log.warning("metadata unreadable: %s", err)
+    xmp, exif = _metadata(data, with_exif=True) if fmt else ("", {})
     fields = _xmp_fields(xmp)
     out: dict[str, Any] = {"format": fmt, **{k: fields.get(k, "") for k in _READ_KEYS}}
     out["exif_description"] = str(exif.get("Exif.Image.ImageDescription", ""))
@@ -166,12 +159,20 @@ _READ_KEYS = (
 def recorded_in(data: bytes) -> dict[str, str]:
     """What an output's XMP says made it (``source_sha256``, ``model_sha256``, ``run_id``,
     ``colour_method``, ...); {} for a file without our XMP. XMP alone: no C2PA check, no EXIF."""
+    return _xmp_fields(_metadata(data, with_exif=False)[0])
+
+
+def _metadata(data: bytes, with_exif: bool) -> tuple[str, dict[str, Any]]:
+    """A file's XMP packet ("" when none) and, when asked, its EXIF ({} when none or unreadable)."""
+    xmp, exif = "", {}
     try:
         with exiv2_reading(data) as img:
             xmp = exiv2_decoded(img.read_raw_xmp) if img.get_access_mode().get("xmp") else ""
-    except (RuntimeError, ValueError):
-        return {}
-    return _xmp_fields(xmp)
+            if with_exif:
+                exif = exiv2_decoded(img.read_exif) if img.get_access_mode().get("exif") else {}
+    except (RuntimeError, ValueError) as err:
+        log.warning("metadata unreadable: %s", err)
+    return xmp, exif
 
 
 def describe(report: dict[str, Any]) -> Iterator[str]:
