@@ -449,6 +449,10 @@ def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env
     assert hist_a == hist_b
     recipe = json.loads((tmp_path / "b/versions/v1/card.json").read_text())["hyperparameters"]
     assert (recipe["load_size"], recipe["min_crop_scale"]) == (96, 0.5)  # the card records the crops used
+    # The card says where the training was picked up, and that nothing but the run changed.
+    assert json.loads((tmp_path / "a/versions/v1/card.json").read_text())["training"]["resumes"] == []
+    resumes = json.loads((tmp_path / "b/versions/v1/card.json").read_text())["training"]["resumes"]
+    assert resumes == [{"at_epoch": epoch_at_kill, "settings_before": {}}]
 
     # Resuming a run that had finished registers the same weights again, measured, not unmeasured.
     again = _cli([*common, "--registry", str(tmp_path / "b"), "--resume", "--no-promote"], cli_env)
@@ -457,6 +461,13 @@ def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env
     assert card["metrics"] == hist_a and card["training"]["epochs"] == 6
     c = load_file(tmp_path / "b/versions/v2/generator.safetensors")
     assert all(torch.equal(a[k], c[k]) for k in a)
+    # ... and resumed with fewer epochs than it ran: the card keeps both numbers, and says so.
+    fewer = [*common[: common.index("--epochs")], "--epochs", "4", *common[common.index("--epochs") + 2 :]]
+    shorter = _cli([*fewer, "--registry", str(tmp_path / "b"), "--resume", "--no-promote"], cli_env)
+    assert shorter.returncode == 0, shorter.stderr[-2000:]
+    card = json.loads((tmp_path / "b/versions/v3/card.json").read_text())
+    assert (card["training"]["epochs"], card["hyperparameters"]["epochs"]) == (6, 4)
+    assert card["training"]["resumes"][-1] == {"at_epoch": 6, "settings_before": {"epochs": 6}}
 
     listed = _cli(["models", "list", "--registry", str(tmp_path / "b")], cli_env)
     assert listed.returncode == 0 and listed.stdout.startswith("v1\tproduction\t") and "psnr=" in listed.stdout

@@ -471,6 +471,7 @@ def train(
     data_fp = fingerprint([*train_pairs, *val_pairs])
     history: list[dict[str, float]] = []
     start_epoch, spent = 1, 0.0
+    resumes: list[dict[str, Any]] = []
 
     if resume:
         try:
@@ -498,6 +499,11 @@ def train(
         _set_rng_state(rng, ckpt["rng"])
         history = list(ckpt["history"])
         start_epoch, spent = int(ckpt["epoch"]) + 1, float(ckpt.get("seconds", 0.0))
+        # The card says where a training was picked up, and which settings it was picked up with
+        # that differ (a longer --epochs, say): the weights are not what one run of the card's
+        # hyperparameters would make.
+        before = {k: v for k, v in ckpt["config"].items() if getattr(cfg, k) != v}
+        resumes = [*ckpt.get("resumes", []), {"at_epoch": start_epoch - 1, "settings_before": before}]
         log.info("resumed from epoch %d", start_epoch - 1)
 
     mse = nn.MSELoss()
@@ -522,6 +528,7 @@ def train(
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sched_g": sched_g.state_dict(),
             "sched_d": sched_d.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "rng": _rng_state(rng), "history": history, "data_fingerprint": data_fp, "seconds": spent,
+            "resumes": resumes,
         }  # fmt: skip
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -603,7 +610,7 @@ def train(
             "pairs_train": len(train_pairs), "pairs_val": len(val_pairs), "data_fingerprint": data_fp,
             "epochs": max(cfg.epochs, start_epoch - 1), "seconds": round(spent, 1), "device": str(device),
             "device_name": _device_name(device),
-            "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "resumes": resumes,
         },
         metrics=metrics,
         **calibration,
