@@ -226,6 +226,11 @@ def _keep_exif(key: str) -> bool:
     return group == "GPSInfo"
 
 
+# The language exiv2 gives the item it keeps of a language property that was no rdf:Alt (an
+# rdf:Bag of descriptions, say): the others are gone before we see the packet.
+_REPAIRED = 'xml:lang="x-repair"'
+
+
 def source_metadata(data: bytes, name: str = "") -> SourceMetadata:
     """The descriptive metadata of a scan's bytes; empty when it has none or exiv2 cannot read it.
 
@@ -250,6 +255,11 @@ def source_metadata(data: bytes, name: str = "") -> SourceMetadata:
     elif xmp.strip() and parse_packet(xmp, name) is None:
         log.warning("%s: the XMP holds no rdf:RDF and is not carried over", name or "a scan")
         xmp, problem = "", "the scan's XMP is XML but holds no RDF (rdf:RDF) and is not in the output"
+    elif _REPAIRED in xmp:
+        problem = (
+            "the scan's XMP has a language property (dc:description, dc:title or dc:rights) that is not a "
+            "language alternative (rdf:Alt), as XMP requires; exiv2 repaired it and kept one of its items"
+        )
     kept = {k: v for k, v in exif.items() if _keep_exif(k)}
     if is_quarter_turn(exif.get("Exif.Image.Orientation", 1)):
         # The output is upright: its x is the stored scan's y, for the resolution as for the sides.
@@ -363,6 +373,8 @@ def lang_alt(values: list[ET.Element | str]) -> dict[str, str]:
             continue
         for li in value.iter(qname("rdf", "li")):
             alts.setdefault(li.get(XML_LANG, "x-default"), (li.text or "").strip())
+    if "x-default" not in alts and "x-repair" in alts:  # exiv2's name for what a non-Alt held: the default
+        alts["x-default"] = alts.pop("x-repair")
     return alts
 
 

@@ -513,3 +513,19 @@ def test_xmp_that_is_xml_but_no_rdf_is_left_out_and_said():
     assert (
         meta.xmp == "" and meta.problem == "the scan's XMP is XML but holds no RDF (rdf:RDF) and is not in the output"
     )
+
+
+def test_a_description_that_is_no_language_alternative_stays_the_default_one_and_is_said():
+    """dc:description as an rdf:Bag (XMP wants an rdf:Alt): exiv2 keeps one item, as language
+    "x-repair"; the output shows it as its default description, with ours, and the row says so."""
+    bag = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:description><rdf:Bag>'
+        b"<rdf:li>Harbour, box 3</rdf:li></rdf:Bag></dc:description></rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    meta = source_metadata(encode(gray_image(40, 50), "JPEG", xmp=bag))
+    assert "not a language alternative (rdf:Alt)" in meta.problem
+    info = ProvenanceInfo("/scans/a.jpg", "ab" * 32, "m@cd", "cd" * 32, "run")
+    out = embed(encode(gray_image(40, 50), "JPEG"), "JPEG", meta, info, [])
+    described = pyexiv2.ImageData(out).read_xmp()["Xmp.dc.description"]
+    assert described == {'lang="x-default"': f"Harbour, box 3\n\n{info.description}"}
