@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from colorize.cli import app
+from colorize.lease import DestinationLease
 from colorize.manifest import relocate
+from colorize.storage import open_storage
 from tests.helpers import encode, gray_image, write
 
 
@@ -112,6 +114,11 @@ def test_relocate_refuses_what_it_cannot_vouch_for(run, tmp_path, tiny_model):
     assert code == 1 and "one inside the other" in out
     assert (dest / "manifest.csv").read_bytes() == before
     assert not (dest / "manifests" / "lease.json").exists()  # given back after a refusal
+
+    with DestinationLease(open_storage(str(dest)), "nightly"):  # a run going on there
+        code, out = _relocate(str(dest), str(old), str(tmp_path / "elsewhere"))
+    assert code == 1 and "in use by run nightly" in out
+    assert (dest / "manifest.csv").read_bytes() == before
 
 
 def test_relocated_rows_meet_rows_already_at_the_new_place() -> None:
