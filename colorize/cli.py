@@ -138,6 +138,8 @@ def run(
     if summary.not_scans:
         typer.echo(f"left alone, not scans by their extension: {describe_not_scans(summary.not_scans)}")
     typer.echo(f"manifest: {summary.dest.rstrip('/')}/manifests/{summary.run_id}.csv")
+    if summary.report_url:  # before/after pages to look at; for S3 a presigned link
+        typer.echo(f"report: {summary.report_url}")
 
 
 def _dry_run(source: str, dest: str, model: str | None, registry: str | None, options: dict[str, object]) -> None:

@@ -342,6 +342,8 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     assert done.returncode == 0, done.stderr
     assert "colorized 1, failed 1" in done.stdout
     assert f"failed: {src / 'broken.jpg'}: not an image" in done.stdout  # the reason, where it is seen
+    report = re.search(r"^report: (file://\S+)$", done.stdout, re.M)
+    assert report is not None and Path(report[1].removeprefix("file://")).is_file()
     assert "left alone, not scans by their extension: 1 .md5" in done.stdout
 
     missing = _cli(["run", str(tmp_path / "nothing-here"), str(tmp_path / "out2"), "--model", str(tiny_model)], cli_env)
