@@ -66,7 +66,8 @@ def test_conditional_writes_let_exactly_one_writer_win(store):
 
 
 def test_a_destination_takes_one_run_at_a_time(store):
-    with DestinationLease(store, "run-a"):
+    with DestinationLease(store, "run-a") as lease:
+        assert not lease.unguarded  # a folder's lock file, and S3's conditional requests, hold
         holder = _lease_holder(store)
         assert holder is not None and holder.run_id == "run-a" and holder.host == HOST
         with pytest.raises(DestinationBusyError) as busy, DestinationLease(store, "run-b"):
