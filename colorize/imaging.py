@@ -242,10 +242,12 @@ def _describe(img: Image.Image) -> tuple[str, int, str, tuple[float, float] | No
     """
     pages, note = _pages(img)
     dpi = dpi_of(img)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": orientation then stays as is
-        if dpi and is_quarter_turn(_orientation(img)):
-            dpi = (dpi[1], dpi[0])  # the upright image's x is the stored one's y
+    # Orientation only for a resolution to turn: reading a PNG's EXIF loads its pixels, and a fault
+    # there must come from the decode that names it, not be swallowed here.
+    if dpi:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": orientation then stays as is
+            dpi = upright_dpi(dpi, _orientation(img))
     return _format(img), pages, img.mode, dpi, note
 
 
@@ -268,6 +270,12 @@ def is_quarter_turn(orientation: object) -> bool:
         return int(str(orientation).strip()) in (5, 6, 7, 8)
     except ValueError:
         return False
+
+
+def upright_dpi(dpi: tuple[float, float] | None, orientation: object) -> tuple[float, float] | None:
+    """A stored image's (x, y) resolution as its upright image has it: after a quarter turn the
+    upright image's x is the stored one's y."""
+    return (dpi[1], dpi[0]) if dpi and is_quarter_turn(orientation) else dpi
 
 
 def _orientation(img: Image.Image) -> int:

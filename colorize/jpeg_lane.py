@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from colorize import tensor_color
-from colorize.imaging import JPEG_QUALITY, PREVIEW_SIZE, dpi_of, set_jpeg_dpi, shrunk_size
+from colorize.imaging import JPEG_QUALITY, PREVIEW_SIZE, dpi_of, is_quarter_turn, set_jpeg_dpi, shrunk_size, upright_dpi
 
 if TYPE_CHECKING:
     from torchvision.io import ImageReadMode
@@ -84,11 +84,9 @@ def read_header(data: bytes, max_pixels: int) -> JpegHeader | None:
     if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None  # no end-of-image marker: cut short, which nvJPEG decodes without a word (seen on an H200)
     orientation = orientation if orientation in range(1, 9) else 1
-    dpi = dpi_of(img)
-    if orientation >= 5:  # a quarter turn: the sides and the resolution trade places, as decode_scan's
+    if is_quarter_turn(orientation):  # the sides trade places, as decode_scan's
         width, height = height, width
-        dpi = (dpi[1], dpi[0]) if dpi else None
-    return JpegHeader(width, height, img.mode, orientation, dpi)
+    return JpegHeader(width, height, img.mode, orientation, upright_dpi(dpi_of(img), orientation))
 
 
 def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
