@@ -237,12 +237,23 @@ def carry_forward(run: pd.DataFrame, ledger: pd.DataFrame) -> pd.DataFrame:
     return run
 
 
+def done_reason(why: str, model_id: str, notes: Iterable[str] = ()) -> str:
+    """A ``skipped_done`` row's reason: ``<why>; output already made by <model>[; <note>...]``.
+
+    :func:`carry_forward` reads the notes back from it, to keep them when nothing changes.
+    """
+    return "; ".join(part for part in (why, f"{_MADE_BY}{model_id}", *notes) if part)
+
+
+_MADE_BY = "output already made by "
+
+
 def _note(status: str, reason: str, model_id: str) -> str:
     """The note on a done source's row: a colorized row's reason, or what a skipped row carried on."""
     if status == "colorized":
         return reason
-    if status == "skipped_done":  # "<why>; output already made by <model>[; <note>]", as plan.done_row writes
-        return reason.partition(f"output already made by {model_id}")[2].removeprefix("; ")
+    if status == "skipped_done":  # as done_reason words it
+        return reason.partition(f"{_MADE_BY}{model_id}")[2].removeprefix("; ")
     return ""
 
 

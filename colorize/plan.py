@@ -22,7 +22,15 @@ from colorize.imaging import (
     output_format,
     output_key,
 )
-from colorize.manifest import DONE_STATUSES, Ledger, LedgerEntry, ManifestRow, format_mtime, new_run_id
+from colorize.manifest import (
+    DONE_STATUSES,
+    Ledger,
+    LedgerEntry,
+    ManifestRow,
+    done_reason,
+    format_mtime,
+    new_run_id,
+)
 from colorize.storage import (
     NoSuchFolderError,
     ObjectInfo,
@@ -172,7 +180,7 @@ def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEn
         source,
         obj,
         "skipped_done",
-        f"{why}; output already made by {entry.model_id}",
+        done_reason(why, entry.model_id),
         source_sha256=entry.sha256,
         output_uri=entry.output_uri,
         output_sha256=entry.output_sha256,

@@ -32,7 +32,7 @@ from colorize.engine import Colorizer, model_input
 from colorize.imaging import Scan, ScanError, check_output_size, content_type, decode_scan, encode_image
 from colorize.inflight import TRIM_AFTER, InFlight, default_memory_budget, give_back_memory, write_peak_factor
 from colorize.jpeg_lane import Decoded, JpegHeader, JpegLane, read_header
-from colorize.manifest import ManifestRow, format_mtime
+from colorize.manifest import ManifestRow, done_reason, format_mtime
 from colorize.plan import RunOptions, WorkItem, done_row
 from colorize.provenance import (
     XMP_C2PA,
@@ -224,16 +224,21 @@ class ShardProcessor:
             sha, self.model_sha256, COLOUR_METHOD
         ):  # fmt: skip
             return None
-        run = made.get("run_id") or "?"
-        # As plan.done_row words it, so that the next run's row carries the notes forward.
-        why = [f"found whole, made by run {run} before it stopped", f"output already made by {self.colorizer.model_id}"]
-        reason = "; ".join(n for n in [*why, *self._notes(scan, meta)] if n)
+        why = f"found whole, made by run {made.get('run_id') or '?'} before it stopped"
+        reason = done_reason(why, self.colorizer.model_id, self._notes(scan, meta))
+        provenance = provenance_kind(item.output_format, False)
+        return self._output_row(item, "skipped_done", reason, data, provenance, scan, sha, started)
+
+    def _output_row(
+        self, item: WorkItem, status: str, reason: str, output: bytes, provenance: str,
+        scan: Scan | JpegHeader, sha: str, started: float,
+    ) -> ManifestRow:  # fmt: skip
+        """The row of a source whose output (``output``, its bytes) this model made and is at its path."""
         return self._row(
-            item, "skipped_done", reason,
-            output_uri=self.dest.uri_for(item.output_key), output_sha256=hashlib.sha256(data).hexdigest(),
-            model_id=self.colorizer.model_id, provenance=provenance_kind(item.output_format, False),
-            model_sha256=self.model_sha256, colour_method=COLOUR_METHOD, seconds=time.perf_counter() - started,
-            **self._scan_fields(scan, sha),
+            item, status, reason, output_uri=self.dest.uri_for(item.output_key),
+            output_sha256=hashlib.sha256(output).hexdigest(), model_id=self.colorizer.model_id,
+            provenance=provenance, model_sha256=self.model_sha256, colour_method=COLOUR_METHOD,
+            seconds=round(time.perf_counter() - started, 4), **self._scan_fields(scan, sha),
         )  # fmt: skip
 
     @staticmethod
@@ -259,13 +264,8 @@ class ShardProcessor:
         data, provenance = self._mark(p, encoded, lost)
         self.dest.write_bytes(p.item.output_key, data, content_type(p.item.output_format))
         # Not a failure, but part of the source is not in the output: the record says so.
-        notes = [*self._notes(p.scan, p.source_meta), *lost]
-        return self._row(
-            p.item, "colorized", "; ".join(n for n in notes if n), output_uri=self.dest.uri_for(p.item.output_key),
-            output_sha256=hashlib.sha256(data).hexdigest(), model_id=self.colorizer.model_id,
-            provenance=provenance, model_sha256=self.model_sha256, colour_method=COLOUR_METHOD,
-            seconds=round(time.perf_counter() - p.started, 4), **self._scan_fields(p.scan, p.sha256),
-        )  # fmt: skip
+        notes = "; ".join(n for n in [*self._notes(p.scan, p.source_meta), *lost] if n)
+        return self._output_row(p.item, "colorized", notes, data, provenance, p.scan, p.sha256, p.started)
 
     def _mark(self, p: _Prepared, data: bytes, lost: list[str]) -> tuple[bytes, str]:
         """Embed provenance (and a C2PA signature when signing) in an encoded output; say which it got.
