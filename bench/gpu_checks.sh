@@ -3,8 +3,8 @@
 #
 #     bench/gpu_checks.sh OUTDIR [quick]
 #
-# Runs the CUDA tests, then the JPEG lane's stage timings, the throughput benchmark (JPEG lane) and
-# the multi-process one, each writing its JSON and log to OUTDIR; "quick" stops after the stage
+# Runs the CUDA tests, then the JPEG lane's stage timings, the multi-process benchmark (today's lane
+# against earlier ones) and the throughput one (JPEG lane), each writing its JSON and log to OUTDIR; "quick" stops after the stage
 # timings. A host with PyTorch but not the project's other dependencies: put wheels of the missing
 # ones in .whl/ and they are installed into a private folder first (no index is asked). Each step's
 # failure is logged and the next step still runs, so one broken step does not waste the machine.
@@ -28,14 +28,15 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/gpu-site:$PWD"
 fi
-nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+nvidia-smi -L >>"$out/steps.log" 2>&1  # files back from a lent GPU are few: the logs and JSONs only
 # --noconftest: the shared fixtures start a Prefect server, which these tests do not need.
-step tests 150 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_gpu.py tests/test_jpeg_lane.py
-step lane_stages 120 python3 bench/lane_stages.py --device cuda --batch-size 64 --batches 5 \
+step tests 120 python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_gpu.py tests/test_jpeg_lane.py
+step lane_stages 90 python3 bench/lane_stages.py --device cuda --batch-size 64 --batches 5 \
     --json "$out/lane_stages.json"
 if [ "${2:-}" != "quick" ]; then
-    step throughput 180 python3 bench/throughput.py --device cuda --n 2000 --batch-size 64 --seed-n 20 \
+    # Today's lane against the lane as it was (bench/processes.py --variants), side by side.
+    step processes 240 python3 bench/processes.py --device cuda --n 4000 --processes 1,4 --batch-size 64 \
+        --variants current,nvjpeg-alone --json "$out/processes_cuda.json"
+    step throughput 150 python3 bench/throughput.py --device cuda --n 2000 --batch-size 64 --seed-n 20 \
         --tiff-every 0 --json "$out/throughput_cuda_jpeg.json"
-    step processes 240 python3 bench/processes.py --device cuda --n 4000 --processes 1,4,8 --batch-size 64 \
-        --json "$out/processes_cuda.json"
 fi

@@ -6,8 +6,10 @@ Stages, each timed over the same batches of 1600x1200 gray JPEGs (quality 90) al
 
 decode        nvJPEG decode of a batch (``JpegLane.decode``)
 model_input   squash to 256x256 and the forward pass (``model_input`` + ``predict_ab_tensor``)
-merge_encode  full-resolution merge and nvJPEG encode, bytes back on the host (``merge_encode``)
-merge, encode the two halves of merge_encode
+merge         the full-resolution merge (``merge``)
+encode        nvJPEG encode, one image at a time as the lane's thread does, bytes back on the host
+encode_host   the same images encoded by the host's CPU (``encode_on_host``), on one thread; and on
+              ``--threads`` threads at once, as the lane's idle writers do
 host_side     what the CPU does per scan around them, on one thread: sha256 of source and output,
               header, metadata read and provenance embed (``process.py``'s work besides the codecs);
               and the same on ``--threads`` threads at once (does it scale, or hold the GIL?)
@@ -98,7 +100,8 @@ def main() -> None:
     grays = [d.gray for d in decoded]  # type: ignore[union-attr]
     ab = colorizer.predict_ab_tensor(lane.model_input(grays, 256))
     dpis = [None] * len(grays)
-    outputs = lane.merge_encode(grays, ab, dpis)
+    rgbs = lane.merge(grays, ab)
+    outputs = [lane.encode(rgb, dpi) for rgb, dpi in zip(rgbs, dpis, strict=True)]
     info = ProvenanceInfo("file:///archive/scan.jpg", "0" * 64, "bench@0", "1" * 64, "run")
     exif = Image.Exif()
     exif[0x010F], exif[0x0110], exif[0x0131] = "Scanner Co.", "FlatBed 9000", "ScanSoft 2.1"  # Make, Model, Software
@@ -111,33 +114,43 @@ def main() -> None:
         "sha256_output": lambda data, out: hashlib.sha256(out).hexdigest(),
     }
 
+    files = min(16, args.batch_size)  # the host side's measurements take this many of the batch
+
     def host_side(scans: list[bytes] = datas) -> None:
-        for data, out in zip(scans[:16], outputs[:16], strict=True):
+        for data, out in zip(scans[:files], outputs[:files], strict=True):
             hashlib.sha256(data).hexdigest()
             read_header(data, 10**9)
             meta = source_metadata(data)
             hashlib.sha256(embed(out, "JPEG", meta, info)).hexdigest()
 
+    def encode_all(encode: Callable[[torch.Tensor, tuple[float, float] | None], bytes]) -> list[bytes]:
+        return [encode(rgb, dpi) for rgb, dpi in zip(rgbs, dpis, strict=True)]
+
     n = args.batch_size
-    rgbs = lane.merge(grays, ab)
     with ThreadPoolExecutor(args.threads) as pool:
         host_threads = timed(lambda: list(pool.map(lambda _: host_side(), range(args.threads))), device, 1)
+        encode_threads = timed(
+            lambda: list(pool.map(lambda i: lane.encode_on_host(rgbs[i % n], None, lane.merged()), range(4 * n))),
+            device,
+            1,
+        )
     per_call = {
         "decode": (timed(lambda: lane.decode(datas, headers), device, args.batches), n),  # type: ignore[arg-type]
         "merge": (timed(lambda: lane.merge(grays, ab), device, args.batches), n),
-        "encode": (timed(lambda: lane.encode(rgbs, dpis), device, args.batches), n),
+        "encode": (timed(lambda: encode_all(lane.encode), device, args.batches), n),
+        "encode_host": (timed(lambda: encode_all(lambda r, d: lane.encode_on_host(r, d, lane.merged())), device, 1), n),
+        f"encode_host_{args.threads}_threads": (encode_threads, 4 * n),
         "model_input": (
             timed(lambda: colorizer.predict_ab_tensor(lane.model_input(grays, 256)), device, args.batches),
             n,
         ),
-        "merge_encode": (timed(lambda: lane.merge_encode(grays, ab, dpis), device, args.batches), n),
-        "host_side": (timed(host_side, device, 1), 16),
-        f"host_side_{args.threads}_threads": (host_threads, 16 * args.threads),
-        "host_side_catalogued": (timed(lambda: host_side(catalogued * 4), device, 1), 16),
+        "host_side": (timed(host_side, device, 1), files),
+        f"host_side_{args.threads}_threads": (host_threads, files * args.threads),
+        "host_side_catalogued": (timed(lambda: host_side(catalogued * 4), device, 1), files),
     }
-    pairs = list(zip(datas[:16], outputs[:16], strict=True))
-    for name, part in parts.items():  # each part alone, on the same 16 files
-        per_call[f"host_{name}"] = (timed(lambda p=part: [p(d, o) for d, o in pairs], device, 3), 16)
+    pairs = list(zip(datas[:files], outputs[:files], strict=True))
+    for name, part in parts.items():  # each part alone, on the same files
+        per_call[f"host_{name}"] = (timed(lambda p=part: [p(d, o) for d, o in pairs], device, 3), files)
     out = {name: {"images_per_s": round(count / s, 1), "ms_per_image": round(1000 * s / count, 3)}
            for name, (s, count) in per_call.items()}  # fmt: skip
     if device.type == "cuda":
@@ -145,7 +158,7 @@ def main() -> None:
             "decode": lambda: lane.decode(datas, headers),  # type: ignore[arg-type]
             "model_input": lambda: colorizer.predict_ab_tensor(lane.model_input(grays, 256)),
             "merge": lambda: lane.merge(grays, ab),
-            "encode": lambda: lane.encode(rgbs, dpis),
+            "encode": lambda: encode_all(lane.encode),
         }
         for name, fn in gpu_stages.items():
             out[name]["gpu_ms_per_image"] = round(1000 * gpu_busy_s(fn) / n, 3)

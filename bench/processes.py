@@ -8,6 +8,10 @@ run several processes per GPU (Dask workers, ``--dask-local K``); this measures 
 Each process takes an equal share of the same kind of folder as ``bench/throughput.py``'s, warms up
 (model, codecs), waits for the others at a barrier, then colorizes its share. Images/s is N over the
 time from the barrier to the last process's end, and is compared with K = 1 in the same run.
+
+``--variants`` measures each K again with the JPEG lane as it was before a change, to measure the
+change in the same run: ``current`` is today's lane, ``nvjpeg-alone`` the lane with nvJPEG encoding
+every image (``process.HOST_ENCODES`` off: the host's idle writers do not encode).
 """
 
 from __future__ import annotations
@@ -24,10 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.throughput import bench_model, build_folder, pipeline  # noqa: E402  (the same folder and pipeline)
 
+# process.HOST_ENCODES in each variant.
+VARIANTS = {"current": True, "nvjpeg-alone": False}
 
-def _worker(work: str, part: str, device: str, batch: int, barrier: mp.synchronize.Barrier, out: mp.Queue) -> None:
+
+def _worker(
+    work: str, part: str, device: str, batch: int, variant: str, barrier: mp.synchronize.Barrier, out: mp.Queue
+) -> None:
+    from colorize import process
     from colorize.engine import Colorizer
     from colorize.modelfile import load_model
+
+    process.HOST_ENCODES = VARIANTS[variant]
 
     colorizer = Colorizer(load_model(str(Path(work) / "model")), device=device)
     root = Path(part)
@@ -38,17 +50,17 @@ def _worker(work: str, part: str, device: str, batch: int, barrier: mp.synchroni
     out.put((start, time.perf_counter()))
 
 
-def run(work: Path, k: int, n: int, device: str, batch: int, tiff_every: int) -> float:
+def run(work: Path, k: int, n: int, device: str, batch: int, tiff_every: int, variant: str = "current") -> float:
     """Images/s of K processes colorizing N scans between them."""
     parts = []
     for j in range(k):
-        part = work / f"k{k}" / f"part-{j}"
+        part = work / f"{variant}-k{k}" / f"part-{j}"
         build_folder(part, n // k, tiff_every)
         build_folder(part / "warm-up", 2 * batch, tiff_every)
         parts.append(part)
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
     barrier, out = ctx.Barrier(k), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(work), str(p), device, batch, barrier, out)) for p in parts]
+    procs = [ctx.Process(target=_worker, args=(str(work), str(p), device, batch, variant, barrier, out)) for p in parts]
     for p in procs:
         p.start()
     times = [out.get() for _ in procs]
@@ -67,19 +79,26 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--tiff-every", type=int, default=0, help="one scan in this many a 16-bit TIFF (0: none)")
+    parser.add_argument("--variants", default="current", help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="colorize-bench-procs-"))
     bench_model(args.width, None, work)
     counts = [int(k) for k in args.processes.split(",")]
-    rates = {k: run(work, k, args.n, args.device, args.batch_size, args.tiff_every) for k in counts}
-    base = rates[counts[0]]
-    for k, rate in rates.items():
-        print(f"{k:2d} processes  {rate:8.1f} img/s  x{rate / base:.2f}")
+    variants = args.variants.split(",")
+    rates: dict[str, float] = {}
+    for k in counts:  # variants side by side for each K: the machine drifts less between them
+        for variant in variants:
+            rate = run(work, k, args.n, args.device, args.batch_size, args.tiff_every, variant)
+            rates[f"processes_{k}" + ("" if variant == "current" else f"_{variant}")] = round(rate, 2)
+            print(f"{k:2d} processes  {variant:9s} {rate:8.1f} img/s", flush=True)
+    base = rates[next(iter(rates))]
+    for name, rate in rates.items():
+        print(f"{name:28s} {rate:8.1f} img/s  x{rate / base:.2f}")
     if args.json:
         summary = {"n": args.n, "device": args.device, "batch_size": args.batch_size, "width": args.width}
-        args.json.write_text(json.dumps(summary | {f"processes_{k}": round(r, 2) for k, r in rates.items()}, indent=2))
+        args.json.write_text(json.dumps(summary | rates, indent=2))
 
 
 if __name__ == "__main__":

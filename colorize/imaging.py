@@ -476,15 +476,14 @@ def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = No
         if fmt in ("TIFF", "PNG"):
             return _encode_16bit(rgb, fmt, dpi)
         rgb = (rgb >> 8).astype(np.uint8)
+    if fmt == "JPEG":
+        return _encode_jpeg(rgb, dpi)
     img = Image.fromarray(rgb, "RGB")
     buf = io.BytesIO()
     options: dict[str, object] = {}
-    if dpi and fmt in ("JPEG", "PNG", "TIFF", "BMP"):
+    if dpi and fmt in ("PNG", "TIFF", "BMP"):
         options["dpi"] = dpi
-    if fmt == "JPEG":
-        # Default 4:2:0 subsampling loses nothing here: the model's chroma is smooth by construction.
-        options.update(quality=JPEG_QUALITY)
-    elif fmt == "PNG":
+    if fmt == "PNG":
         options.update(compress_level=4)
     elif fmt == "TIFF":
         options.update(compression="tiff_adobe_deflate")
@@ -554,6 +553,19 @@ def with_jp2_resolution(data: bytes, dpi: tuple[float, float]) -> bytes:
             return data[:at] + (size + len(res)).to_bytes(4, "big") + data[at + 4 : end] + res + data[end:]
         at += size
     return data
+
+
+def _encode_jpeg(rgb: np.ndarray, dpi: tuple[float, float] | None) -> bytes:
+    """(H, W, 3) uint8 RGB -> a JPEG at :data:`JPEG_QUALITY`, 4:2:0, with the resolution in its JFIF header.
+
+    OpenCV, not Pillow: both are libjpeg-turbo and write the same pixels, but Pillow's encoder holds
+    the GIL, so writer threads took turns (two threads 1.05x one; OpenCV's 1.8-2.4x on 2 cores).
+    4:2:0 loses nothing here: the model's chroma is smooth by construction.
+    """
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ScanError("OpenCV could not encode a JPEG")
+    return set_jpeg_dpi(buf.tobytes(), dpi)
 
 
 def _encode_16bit(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -> bytes:

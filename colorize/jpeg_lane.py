@@ -3,8 +3,9 @@
 On a GPU host the CPU work around the model (decoding, the full-resolution merge and encoding:
 about 0.05 CPU-s per 1600x1200 scan) bounds a run, not the GPU (``bench/RESULTS.md``). For the
 common case, 8-bit JPEG scans written back as JPEG, this lane moves that work to the GPU: nvJPEG
-decodes a batch, the merge is tensor maths (:mod:`colorize.tensor_color`) and nvJPEG encodes. The
-CPU is left reading, hashing, carrying metadata and writing. What the lane cannot take (other
+decodes a batch, the merge is tensor maths (:mod:`colorize.tensor_color`) and nvJPEG encodes, with
+the writer threads that are idle encoding some of each batch on the host. The CPU is left reading,
+hashing, carrying metadata and writing. What the lane cannot take (other
 formats, CMYK, files nvJPEG refuses) goes the CPU way, which also names any fault in a file.
 """
 
@@ -22,7 +23,16 @@ import torch
 from PIL import Image
 
 from colorize import tensor_color
-from colorize.imaging import JPEG_QUALITY, PREVIEW_SIZE, dpi_of, is_quarter_turn, set_jpeg_dpi, shrunk_size, upright_dpi
+from colorize.imaging import (
+    JPEG_QUALITY,
+    PREVIEW_SIZE,
+    dpi_of,
+    encode_image,
+    is_quarter_turn,
+    set_jpeg_dpi,
+    shrunk_size,
+    upright_dpi,
+)
 
 if TYPE_CHECKING:
     from torchvision.io import ImageReadMode
@@ -119,9 +129,10 @@ def _tensor(data: bytes) -> torch.Tensor:
 class JpegLane:
     """Decodes, merges and encodes JPEG scans in batches on one device (a GPU; a CPU in tests)."""
 
-    def __init__(self, device: torch.device, quality: int = JPEG_QUALITY):
+    def __init__(self, device: torch.device):
         self.device = device
-        self.quality = quality
+        # Host encoders' copies: beside the default stream, where the lane's and the model's kernels run.
+        self._copies = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def _decode_all(self, datas: Sequence[bytes], mode: ImageReadMode) -> list[torch.Tensor | None]:
         from torchvision.io import decode_jpeg
@@ -200,19 +211,42 @@ class JpegLane:
                     rgbs[i] = rgb
         return rgbs
 
-    def encode(self, rgbs: Sequence[torch.Tensor], dpis: Sequence[tuple[float, float] | None]) -> list[bytes]:
-        """(3, H, W) uint8 images on the device -> JPEG bytes on the host, each with its resolution."""
+    def encode(self, rgb: torch.Tensor, dpi: tuple[float, float] | None) -> bytes:
+        """(3, H, W) uint8 on the device -> JPEG bytes on the host, encoded by nvJPEG, with its resolution."""
         from torchvision.io import encode_jpeg
 
-        encoded = encode_jpeg(list(rgbs), quality=self.quality)
-        return [set_jpeg_dpi(e.cpu().numpy().tobytes(), dpi) for e, dpi in zip(encoded, dpis, strict=True)]
+        return set_jpeg_dpi(encode_jpeg(rgb, quality=JPEG_QUALITY).cpu().numpy().tobytes(), dpi)
 
-    def merge_encode(
-        self,
-        grays: Sequence[torch.Tensor],
-        ab: torch.Tensor,
-        dpis: Sequence[tuple[float, float] | None],
-        small: torch.Tensor | None = None,
-    ) -> list[bytes]:
-        """:meth:`merge`, then :meth:`encode`."""
-        return self.encode(self.merge(grays, ab, small), dpis)
+    def merged(self) -> torch.cuda.Event | None:
+        """Marks the work queued so far on this thread's stream (a merge), for :meth:`encode_on_host` to
+        wait for; None on a CPU."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
+
+    def encode_on_host(
+        self, rgb: torch.Tensor, dpi: tuple[float, float] | None, after: torch.cuda.Event | None
+    ) -> bytes:
+        """The same image encoded by the host's CPU, as the CPU path encodes (the GIL released).
+
+        For the writer threads that have nothing else to do: one process's nvJPEG encodes one image
+        at a time behind torchvision's lock, and bounded the lane (``bench/RESULTS.md``). The image
+        comes to the host on a stream of its own, into pinned memory, once ``after`` (from
+        :meth:`merged`) has passed: a copy on the default stream would wait for the next batch's
+        model, and the model for it.
+        """
+        hwc = rgb.permute(1, 2, 0)
+        if after is None:
+            return encode_image(hwc.contiguous().cpu().numpy(), "JPEG", dpi)
+        assert self._copies is not None  # ``after`` comes from a GPU
+        with torch.cuda.stream(self._copies):
+            self._copies.wait_event(after)
+            rgb.record_stream(self._copies)  # made on another stream: not to be reused before this copy
+            host = torch.empty(hwc.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(hwc.contiguous(), non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+        copied.synchronize()
+        return encode_image(host.numpy(), "JPEG", dpi)

@@ -66,6 +66,9 @@ class _Prepared:
 # (bench/RESULTS.md); the window stays proportional to the batch, so a smaller batch still means less
 # memory for huge scans.
 READ_AHEAD_CAP = 32
+# The lane's writer threads that have nothing else to do encode some of each batch on the host's
+# CPU, from the batch's other end than nvJPEG. False: nvJPEG alone (bench/processes.py's baseline).
+HOST_ENCODES = True
 # Memory budgets this process has said it reached (the warning is given once, not once per shard).
 _BUDGETS_REACHED: set[int] = set()
 # How much less CPU priority the reader and writer threads get than the model's thread.
@@ -476,22 +479,57 @@ class ShardProcessor:
         outputs: list[Future[ManifestRow | _Prepared]],
         writers: ThreadPoolExecutor,
     ) -> None:
-        """On the encoder thread: merge and encode a batch on the GPU, then hand each file to a writer.
+        """On the encoder thread: merge a batch on the GPU, then encode it from both ends at once.
 
+        nvJPEG, here, takes the batch's images from the front; writer threads with nothing else to do
+        take them from the back and encode on the host (:data:`HOST_ENCODES`). Each image is taken
+        once (a deque's pops are atomic), and each encoded file is marked and written by a writer.
         Every future in ``outputs`` gets resolved, with a row or with the error that stops the run,
         so that the shard never waits forever.
         """
-        assert self.lane is not None
+        lane = self.lane
+        assert lane is not None
         try:
-            encoded = self.lane.merge_encode(grays, ab, [p.scan.dpi for p in prepared], small)
+            rgbs = lane.merge(grays, ab, small)
+            merged = lane.merged()
         except Exception as err:  # noqa: BLE001 - e.g. CUDA OOM: these files fail, the run goes on
-            log.exception("GPU merge or encode failed on a batch")
+            log.exception("GPU merge failed on a batch")
             for p, fut in zip(prepared, outputs, strict=True):
                 fut.set_result(self._row(p.item, "failed", f"GPU failed on this batch: {type(err).__name__}: {err}"))
             return
-        for p, data, fut in zip(prepared, encoded, outputs, strict=True):
+        left = deque(range(len(prepared)))
+
+        def encode_on_host(i: int) -> None:  # on a writer thread
+            p = prepared[i]
+            encode_and_deliver = lambda: self._deliver(p, lane.encode_on_host(rgbs[i], p.scan.dpi, merged))  # noqa: E731
+            _settle(outputs[i], lambda: self._guard(p.item, encode_and_deliver))
+
+        def on_host() -> None:  # a writer's task: one image, then this task again behind the queued writes
+            try:
+                i = left.pop()
+            except IndexError:
+                return
+            # Queued before this output is resolved: the pool closes only once every output is.
+            writers.submit(in_this_context(on_host))
+            encode_on_host(i)
+
+        if HOST_ENCODES:
+            for _ in range(min(len(prepared), io_workers())):
+                writers.submit(in_this_context(on_host))
+        while True:
+            try:
+                i = left.popleft()
+            except IndexError:
+                break
+            p = prepared[i]
+            try:
+                data = lane.encode(rgbs[i], p.scan.dpi)
+            except Exception:  # noqa: BLE001 - e.g. out of GPU memory: the host encodes it instead
+                log.warning("nvJPEG could not encode %s; the CPU encodes it", p.item.key, exc_info=True)
+                writers.submit(in_this_context(encode_on_host), i)
+                continue
             written = writers.submit(in_this_context(self._guard), p.item, lambda p=p, d=data: self._deliver(p, d))
-            written.add_done_callback(lambda w, fut=fut: _pass_on(w, fut))
+            written.add_done_callback(lambda w, fut=outputs[i]: _pass_on(w, fut))
 
     def _fail_batch(
         self,
@@ -510,6 +548,14 @@ def _pass_on(source: Future[ManifestRow | _Prepared], target: Future[ManifestRow
         target.set_exception(err)
     else:
         target.set_result(source.result())
+
+
+def _settle(target: Future[ManifestRow | _Prepared], fn: Callable[[], ManifestRow | _Prepared]) -> None:
+    """Resolve ``target`` with what ``fn`` returns, or with the error it raises."""
+    try:
+        target.set_result(fn())
+    except BaseException as err:  # noqa: BLE001 - handed on whole, to stop the run where it is awaited
+        target.set_exception(err)
 
 
 def _held_bytes(p: _Prepared) -> int:

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from colorize import process
 from colorize.color import merge_chroma
 from colorize.engine import Colorizer, model_input
 from colorize.imaging import decode_scan
@@ -56,7 +57,9 @@ def test_shard_on_cuda_colorizes_every_file(tmp_path):
         assert (scan.width, scan.height) == (row.width, row.height)
 
 
-def test_jpeg_lane_on_cuda_gives_the_cpu_paths_results(tmp_path):
+@pytest.mark.parametrize("host_encodes", [True, False], ids=["nvjpeg-and-host", "nvjpeg-alone"])
+def test_jpeg_lane_on_cuda_gives_the_cpu_paths_results(tmp_path, monkeypatch, host_encodes):
+    monkeypatch.setattr(process, "HOST_ENCODES", host_encodes)
     model = tmp_path / "starter"
     shutil.copytree(PACKAGED_DIR, model)
     src = tmp_path / "src"

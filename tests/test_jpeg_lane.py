@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from colorize import tensor_color
+from colorize import process, tensor_color
 from colorize.color import despeckle_ab, gray_to_lightness, luma, merge_chroma
 from colorize.engine import Colorizer, model_input
-from colorize.imaging import DEFAULT_MAX_PIXELS, decode_scan, set_jpeg_dpi
+from colorize.imaging import DEFAULT_MAX_PIXELS, decode_scan, encode_image, set_jpeg_dpi
 from colorize.jpeg_lane import JpegLane, read_header
 from colorize.manifest import new_run_id
 from colorize.modelfile import PACKAGED_DIR, load_model
@@ -26,7 +26,7 @@ from colorize.plan import RunOptions, WorkItem
 from colorize.process import ShardProcessor
 from colorize.provenance_read import read_provenance
 from colorize.storage import open_storage
-from tests.helpers import colour_image, encode, gray_image, write
+from tests.helpers import colour_image, encode, gray_image, make_model, write
 
 CPU = torch.device("cpu")
 
@@ -140,7 +140,34 @@ def _shard(tmp_path: Path, model: Path, lane: bool, adopt: bool = False) -> tupl
     return processor.run(items), dest
 
 
-def test_shard_through_the_lane_gives_the_cpu_paths_results(tmp_path):
+def test_the_host_encodes_the_lanes_images_as_the_cpu_path_does():
+    rgb = colour_image(120, 170)
+    on_device = _chw(rgb)
+    assert JpegLane(CPU).encode_on_host(on_device, (300.0, 300.0), None) == encode_image(rgb, "JPEG", (300.0, 300.0))
+    nvjpeg_way = Image.open(io.BytesIO(JpegLane(CPU).encode(on_device, (300.0, 300.0))))
+    assert nvjpeg_way.info["dpi"] == (300, 300) and nvjpeg_way.size == (170, 120)
+
+
+def test_what_nvjpeg_cannot_encode_the_host_encodes(tmp_path, monkeypatch):
+    monkeypatch.setattr(process, "HOST_ENCODES", False)  # nvJPEG is to take every image
+
+    def out_of_gpu_memory(self, rgb, dpi):  # the fault a crowded GPU gives
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(JpegLane, "encode", out_of_gpu_memory)
+    make_model(tmp_path / "m", width=8)
+    for i in range(4):
+        write(tmp_path / "src" / f"g{i}.jpg", encode(gray_image(90, 120 + i, seed=i), "JPEG", dpi=(300, 300)))
+    rows, out = _shard(tmp_path, tmp_path / "m", lane=True)
+    assert [r.status for r in rows] == ["colorized"] * 4
+    for row in rows:
+        made = Image.open(out / row.output_uri.rsplit("/", 1)[1])
+        assert made.size == (row.width, row.height) and made.info["dpi"] == (300, 300)
+
+
+@pytest.mark.parametrize("host_encodes", [True, False], ids=["nvjpeg-and-host", "nvjpeg-alone"])
+def test_shard_through_the_lane_gives_the_cpu_paths_results(tmp_path, monkeypatch, host_encodes):
+    monkeypatch.setattr(process, "HOST_ENCODES", host_encodes)
     model = tmp_path / "starter"
     shutil.copytree(PACKAGED_DIR, model)  # a trained model: its colours are what users compare
     src = tmp_path / "src"
