@@ -1,7 +1,7 @@
 """Colorizing one shard: read, decode, reduce, batch, predict, merge at full resolution, encode, write.
 
 Reading and decoding run ahead of the model in a thread pool; merging, encoding and writing run
-behind it in another. OpenCV, Pillow's codecs, hashlib and file/network I/O release the GIL, so
+behind it in another. OpenCV, Pillow's decoders, hashlib and file/network I/O release the GIL, so
 these threads overlap with the forward pass instead of waiting for it.
 """
 
