@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -472,21 +473,19 @@ def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = No
     check_output_size(fmt, rgb.shape[1], rgb.shape[0])
     if fmt == "JPEG2000":
         return _encode_jpeg2000(rgb, dpi)
+    if fmt == "TIFF" or (fmt == "PNG" and rgb.dtype == np.uint16):
+        return _encode_opencv(rgb, fmt, dpi)
     if rgb.dtype == np.uint16:
-        if fmt in ("TIFF", "PNG"):
-            return _encode_16bit(rgb, fmt, dpi)
         rgb = (rgb >> 8).astype(np.uint8)
     if fmt == "JPEG":
         return _encode_jpeg(rgb, dpi)
     img = Image.fromarray(rgb, "RGB")
     buf = io.BytesIO()
     options: dict[str, object] = {}
-    if dpi and fmt in ("PNG", "TIFF", "BMP"):
+    if dpi and fmt in ("PNG", "BMP"):
         options["dpi"] = dpi
     if fmt == "PNG":
         options.update(compress_level=4)
-    elif fmt == "TIFF":
-        options.update(compression="tiff_adobe_deflate")
     elif fmt == "WEBP":
         options.update(quality=JPEG_QUALITY, method=4)
     img.save(buf, format=fmt, **options)
@@ -559,7 +558,8 @@ def _encode_jpeg(rgb: np.ndarray, dpi: tuple[float, float] | None) -> bytes:
     """(H, W, 3) uint8 RGB -> a JPEG at :data:`JPEG_QUALITY`, 4:2:0, with the resolution in its JFIF header.
 
     OpenCV, not Pillow: both are libjpeg-turbo and write the same pixels, but Pillow's encoder holds
-    the GIL, so writer threads took turns (two threads 1.05x one; OpenCV's 1.8-2.4x on 2 cores).
+    the GIL, so writer threads took turns (two threads 1.15-1.16x one; OpenCV's 1.90-1.95x on 2
+    cores: ``python bench/encoders.py``).
     4:2:0 loses nothing here: the model's chroma is smooth by construction.
     """
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -568,15 +568,23 @@ def _encode_jpeg(rgb: np.ndarray, dpi: tuple[float, float] | None) -> bytes:
     return set_jpeg_dpi(buf.tobytes(), dpi)
 
 
-def _encode_16bit(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -> bytes:
-    # Pillow cannot write 16-bit RGB; OpenCV can (BGR channel order).
+def _encode_opencv(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -> bytes:
+    """(H, W, 3) uint8 or uint16 RGB -> a TIFF, or a 16-bit PNG, with the resolution recorded.
+
+    Pillow writes no 16-bit RGB, and its TIFF encoder holds the GIL: an 8-bit 1600x1200 deflate
+    TIFF took 261-282 ms there, two threads 0.98-1.04x one; OpenCV's 136-138 ms, 1.97-2.01x, the
+    same pixels and compression (``python bench/encoders.py``).
+    """
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if fmt == "PNG":
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 4])
+        if ok:
+            return with_png_dpi(buf.tobytes(), dpi) if dpi else buf.tobytes()
     else:
-        # Uncompressed: 16-bit scan data is grain down to its low bits, so deflate saved about 1%
-        # of the size at 30x the time (measured on a 2400x1800 scan); masters are often kept so.
-        params = [cv2.IMWRITE_TIFF_COMPRESSION, 1]
+        # 16 bits uncompressed: 16-bit scan data is grain down to its low bits, so deflate saved
+        # about 1% of the size at 30x the time (measured on a 2400x1800 scan); masters are often
+        # kept so. 8 bits: deflate (libtiff's ADOBE_DEFLATE, 8).
+        params = [cv2.IMWRITE_TIFF_COMPRESSION, 1 if rgb.dtype == np.uint16 else 8]
         if dpi:
             params += [
                 cv2.IMWRITE_TIFF_RESUNIT,
@@ -587,6 +595,19 @@ def _encode_16bit(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) ->
                 round(dpi[1]),
             ]
         ok, buf = cv2.imencode(".tif", bgr, params)
-    if not ok:
-        raise ScanError(f"OpenCV could not encode a 16-bit {fmt}")
-    return buf.tobytes()
+        if ok:
+            return buf.tobytes()
+    raise ScanError(f"OpenCV could not encode a {rgb.itemsize * 8}-bit {fmt}")
+
+
+def with_png_dpi(data: bytes, dpi: tuple[float, float]) -> bytes:
+    """A PNG with its resolution recorded: a ``pHYs`` chunk (pixels per metre) after the header.
+
+    For encoders that take no resolution (OpenCV's). Unchanged when ``data`` has no IHDR chunk first.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return data
+    at = 8 + 8 + int.from_bytes(data[8:12], "big") + 4  # past the IHDR chunk: length, type, data, CRC
+    body = b"pHYs" + struct.pack(">IIB", *(max(1, round(v / 0.0254)) for v in dpi), 1)  # 1: per metre
+    chunk = len(body[4:]).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return data[:at] + chunk + data[at:]

@@ -131,9 +131,18 @@ def test_outputs_keep_format_bit_depth_and_dpi():
             assert tuple(round(v) for v in img.info["dpi"]) == (300, 300)
         if fmt == "JPEG2000":  # lossless, in a .jp2 container (which holds the provenance XMP)
             assert (np.asarray(img) == rgb).all() and img.get_format_mimetype() == "image/jp2"
+        if fmt in ("PNG", "TIFF", "BMP"):
+            assert (np.asarray(img) == rgb).all()
+        if fmt == "TIFF":
+            assert img.info["compression"] == "tiff_adobe_deflate"
     rgb16 = colour_image(30, 40).astype(np.uint16) * 257
     tiff16 = encode_image(rgb16, "TIFF", dpi=(600, 600))
     import cv2
+
+    png16 = encode_image(rgb16, "PNG", dpi=(600, 400))
+    back = cv2.imdecode(np.frombuffer(png16, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and (back[..., ::-1] == rgb16).all()
+    assert tuple(round(v) for v in Image.open(io.BytesIO(png16)).info["dpi"]) == (600, 400)  # the pHYs chunk
 
     back = cv2.imdecode(np.frombuffer(tiff16, np.uint8), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and back.shape == (30, 40, 3)

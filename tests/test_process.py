@@ -148,3 +148,30 @@ def test_the_default_budget_is_shared_by_a_hosts_processes():
     assert memory_budget(None) is None  # each process takes its own machine's share
     assert memory_budget(None, local_processes=4) == default_memory_budget(4) == default_memory_budget() // 4
     assert default_memory_budget() > 0
+
+
+def test_outputs_opencv_writes_keep_the_scans_resolution_depth_and_provenance(tmp_path: Path, tiny_model: Path):
+    """TIFFs and 16-bit PNGs are OpenCV's to encode (it takes no resolution for PNGs): nothing is lost."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from colorize.provenance_read import read_provenance
+    from colorize.storage import open_storage
+
+    src = tmp_path / "src"
+    write(src / "p16.png", encode(gray_image(60, 80, seed=1, dtype=np.uint16), "PNG", dpi=(600, 600)))
+    write(src / "t8.tif", encode(gray_image(60, 80, seed=2), "TIFF", dpi=(400, 400)))
+    loaded = load_model(str(tiny_model))
+    opts = RunOptions(run_id=new_run_id(), source=str(src), dest=str(tmp_path / "out"), model=str(tiny_model),
+                      model_id=loaded.model_id)  # fmt: skip
+    source, dest = open_storage(opts.source), open_storage(opts.dest)
+    items = [WorkItem(o.key, o.size, o.mtime, None, o.key, "PNG" if o.key.endswith(".png") else "TIFF")
+             for o in source.list()]  # fmt: skip
+    rows = ShardProcessor(opts, Colorizer(loaded, device="cpu"), source, dest).run(items)
+    assert [(r.status, r.bit_depth, r.reason) for r in rows] == [("colorized", 16, ""), ("colorized", 8, "")]
+    for row, (name, dpi, dtype) in zip(rows, (("p16.png", 600, np.uint16), ("t8.tif", 400, np.uint8)), strict=True):
+        data = (tmp_path / "out" / name).read_bytes()
+        assert tuple(round(v) for v in Image.open(tmp_path / "out" / name).info["dpi"]) == (dpi, dpi)
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).dtype == dtype
+        assert read_provenance(data)["source_sha256"] == row.source_sha256
