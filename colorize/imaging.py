@@ -473,12 +473,10 @@ def encode_image(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None = No
     check_output_size(fmt, rgb.shape[1], rgb.shape[0])
     if fmt == "JPEG2000":
         return _encode_jpeg2000(rgb, dpi)
-    if fmt == "TIFF" or (fmt == "PNG" and rgb.dtype == np.uint16):
-        return _encode_opencv(rgb, fmt, dpi)
-    if rgb.dtype == np.uint16:
+    if rgb.dtype == np.uint16 and fmt not in ("TIFF", "PNG"):
         rgb = (rgb >> 8).astype(np.uint8)
-    if fmt == "JPEG":
-        return _encode_jpeg(rgb, dpi)
+    if fmt in ("JPEG", "TIFF") or rgb.dtype == np.uint16:
+        return _encode_opencv(rgb, fmt, dpi)
     img = Image.fromarray(rgb, "RGB")
     buf = io.BytesIO()
     options: dict[str, object] = {}
@@ -554,37 +552,25 @@ def with_jp2_resolution(data: bytes, dpi: tuple[float, float]) -> bytes:
     return data
 
 
-def _encode_jpeg(rgb: np.ndarray, dpi: tuple[float, float] | None) -> bytes:
-    """(H, W, 3) uint8 RGB -> a JPEG at :data:`JPEG_QUALITY`, 4:2:0, with the resolution in its JFIF header.
-
-    OpenCV, not Pillow: both are libjpeg-turbo and write the same pixels, but Pillow's encoder holds
-    the GIL, so writer threads took turns (two threads 1.15-1.16x one; OpenCV's 1.90-1.95x on 2
-    cores: ``python bench/encoders.py``).
-    4:2:0 loses nothing here: the model's chroma is smooth by construction.
-    """
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise ScanError("OpenCV could not encode a JPEG")
-    return set_jpeg_dpi(buf.tobytes(), dpi)
-
-
 def _encode_opencv(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -> bytes:
-    """(H, W, 3) uint8 or uint16 RGB -> a TIFF, or a 16-bit PNG, with the resolution recorded.
+    """(H, W, 3) RGB -> a JPEG or TIFF (uint8), or a TIFF or PNG (uint16), with the resolution recorded.
 
-    Pillow writes no 16-bit RGB, and its TIFF encoder holds the GIL: an 8-bit 1600x1200 deflate
-    TIFF took 261-282 ms there, two threads 0.98-1.04x one; OpenCV's 136-138 ms, 1.97-2.01x, the
-    same pixels and compression (``python bench/encoders.py``).
+    OpenCV, not Pillow: Pillow writes no 16-bit RGB, and its JPEG and TIFF encoders hold the GIL, so
+    writer threads took turns. The same pixels either way; on 2 cores two threads encoding ran
+    1.15-1.16x one with Pillow's JPEG encoder, 1.90-1.95x with OpenCV's; an 8-bit 1600x1200 deflate
+    TIFF took 261-282 ms with Pillow, two threads 0.98-1.04x one, and 136-138 ms with OpenCV,
+    1.97-2.01x (``python bench/encoders.py``).
     """
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    if fmt == "PNG":
-        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 4])
-        if ok:
-            return with_png_dpi(buf.tobytes(), dpi) if dpi else buf.tobytes()
+    if fmt == "JPEG":
+        # OpenCV's 4:2:0 subsampling loses nothing here: the model's chroma is smooth by construction.
+        ext, params = ".jpg", [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    elif fmt == "PNG":
+        ext, params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, 4]
     else:
         # 16 bits uncompressed: 16-bit scan data is grain down to its low bits, so deflate saved
         # about 1% of the size at 30x the time (measured on a 2400x1800 scan); masters are often
         # kept so. 8 bits: deflate (libtiff's ADOBE_DEFLATE, 8).
-        params = [cv2.IMWRITE_TIFF_COMPRESSION, 1 if rgb.dtype == np.uint16 else 8]
+        ext, params = ".tif", [cv2.IMWRITE_TIFF_COMPRESSION, 1 if rgb.dtype == np.uint16 else 8]
         if dpi:
             params += [
                 cv2.IMWRITE_TIFF_RESUNIT,
@@ -594,10 +580,13 @@ def _encode_opencv(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -
                 cv2.IMWRITE_TIFF_YDPI,
                 round(dpi[1]),
             ]
-        ok, buf = cv2.imencode(".tif", bgr, params)
-        if ok:
-            return buf.tobytes()
-    raise ScanError(f"OpenCV could not encode a {rgb.itemsize * 8}-bit {fmt}")
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ScanError(f"OpenCV could not encode a {rgb.itemsize * 8}-bit {fmt}")
+    data = buf.tobytes()
+    if fmt == "JPEG":
+        return set_jpeg_dpi(data, dpi)
+    return with_png_dpi(data, dpi) if fmt == "PNG" and dpi else data
 
 
 def with_png_dpi(data: bytes, dpi: tuple[float, float]) -> bytes:

@@ -499,37 +499,37 @@ class ShardProcessor:
             return
         left = deque(range(len(prepared)))
 
-        def encode_on_host(i: int) -> None:  # on a writer thread
+        def deliver(i: int, encoded: Callable[[], bytes]) -> None:  # on a writer thread
             p = prepared[i]
-            encode_and_deliver = lambda: self._deliver(p, lane.encode_on_host(rgbs[i], p.scan.dpi, merged))  # noqa: E731
-            _settle(outputs[i], lambda: self._guard(p.item, encode_and_deliver))
+            _settle(outputs[i], lambda: self._guard(p.item, lambda: self._deliver(p, encoded())))
 
-        def on_host() -> None:  # a writer's task: one image, then this task again behind the queued writes
+        def on_host(i: int) -> Callable[[], bytes]:
+            return lambda: lane.encode_on_host(rgbs[i], prepared[i].scan.dpi, merged)
+
+        def take_from_the_back() -> None:  # a writer's task: one image, then this task again behind the queued writes
             try:
                 i = left.pop()
             except IndexError:
                 return
             # Queued before this output is resolved: the pool closes only once every output is.
-            writers.submit(in_this_context(on_host))
-            encode_on_host(i)
+            writers.submit(in_this_context(take_from_the_back))
+            deliver(i, on_host(i))
 
         if HOST_ENCODES:
             for _ in range(min(len(prepared), io_workers())):
-                writers.submit(in_this_context(on_host))
+                writers.submit(in_this_context(take_from_the_back))
         while True:
             try:
                 i = left.popleft()
             except IndexError:
                 break
-            p = prepared[i]
             try:
-                data = lane.encode(rgbs[i], p.scan.dpi)
+                data = lane.encode(rgbs[i], prepared[i].scan.dpi)
             except Exception:  # noqa: BLE001 - e.g. out of GPU memory: the host encodes it instead
-                log.warning("nvJPEG could not encode %s; the CPU encodes it", p.item.key, exc_info=True)
-                writers.submit(in_this_context(encode_on_host), i)
+                log.warning("nvJPEG could not encode %s; the CPU encodes it", prepared[i].item.key, exc_info=True)
+                writers.submit(in_this_context(deliver), i, on_host(i))
                 continue
-            written = writers.submit(in_this_context(self._guard), p.item, lambda p=p, d=data: self._deliver(p, d))
-            written.add_done_callback(lambda w, fut=outputs[i]: _pass_on(w, fut))
+            writers.submit(in_this_context(deliver), i, lambda d=data: d)
 
     def _fail_batch(
         self,
@@ -539,15 +539,6 @@ class ShardProcessor:
     ) -> None:
         for index, p in batch:
             writes.append((index, _done(self._row(p.item, "failed", reason))))
-
-
-def _pass_on(source: Future[ManifestRow | _Prepared], target: Future[ManifestRow | _Prepared]) -> None:
-    """Resolve ``target`` as ``source`` was: with its row, or with the error that stops the run."""
-    err = source.exception()
-    if err is not None:
-        target.set_exception(err)
-    else:
-        target.set_result(source.result())
 
 
 def _settle(target: Future[ManifestRow | _Prepared], fn: Callable[[], ManifestRow | _Prepared]) -> None:
