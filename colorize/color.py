@@ -33,8 +33,10 @@ GUIDE_EPS = 25.0
 # Names how outputs get their full-resolution colour from a model's chroma, in every manifest row
 # that made one. Change it whenever the code changes the colours a model's outputs get, so that
 # ``--redo-older`` remakes outputs made the older way. Rows from before it was recorded have "":
-# those outputs had the chroma upsampled bicubic, or guided as now.
-COLOUR_METHOD = f"guided-{GUIDE_RADIUS}-{GUIDE_EPS:g}"
+# those outputs had the chroma upsampled bicubic, or guided as now. ``-icc``: scans' embedded colour
+# profiles applied (:mod:`colorize.icc`); ``guided-8-25`` outputs read every scan as sRGB, which
+# for an untagged or sRGB-tagged scan gives the same output.
+COLOUR_METHOD = f"guided-{GUIDE_RADIUS}-{GUIDE_EPS:g}-icc"
 
 NOTEBOOK_NORMALIZATION: dict[str, list[float]] = {
     "color_mean": [0.58090717, 0.52688643, 0.45678478],

@@ -1,13 +1,15 @@
 """Decoding scans and encoding outputs: bytes in, arrays out, and back.
 
 Every quirk of real scans is made explicit here, once: EXIF orientation, alpha on white, palette and
-CMYK images, 16-bit gray, multi-page TIFFs, and a pixel limit checked before any pixel is decoded.
+CMYK images, 16-bit gray, multi-page TIFFs, embedded colour profiles (:mod:`colorize.icc`), and a
+pixel limit checked before any pixel is decoded.
 Errors are :class:`ScanError` with a reason a person can act on.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
 import zlib
@@ -19,7 +21,10 @@ import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from colorize import icc
 from colorize.color import luma
+
+log = logging.getLogger(__name__)
 
 # Our own limit replaces Pillow's decompression-bomb guard, so that the refusal is a clean,
 # configurable error raised before decoding rather than a warning or an exception half-way.
@@ -64,7 +69,8 @@ class Scan:
     """A decoded scan, reduced to what colorization needs.
 
     Attributes:
-        gray: (H, W) uint8 or uint16, sRGB-encoded gray levels at full resolution, upright.
+        gray: (H, W) uint8 or uint16, sRGB-encoded gray levels at full resolution, upright (a
+            scan's embedded ICC profile applied).
         preview: (h, w, 3) uint8 RGB, long side at most 256, only for sources with colour
             channels (for the colour detector); None for single-channel sources.
         mode: the source's Pillow mode (``L``, ``RGB``, ``I;16``, ``CMYK``, ...).
@@ -173,41 +179,108 @@ def shrink(image: np.ndarray, long_side: int) -> np.ndarray:
     return cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA)
 
 
-def _to_gray(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """An upright Pillow image -> (gray (H, W), colour preview or None, bit depth)."""
+def _gray_and_preview(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W) gray or (H, W, 3) RGB, uint8 or uint16, sRGB -> (gray (H, W) of the same dtype, the
+    colour detector's (h, w, 3) uint8 preview for RGB, None for gray)."""
+    if pixels.ndim == 2:
+        return pixels, None
+    small = shrink(pixels, PREVIEW_SIZE)
+    return luma(pixels), small if small.dtype == np.uint8 else (small >> 8).astype(np.uint8)
+
+
+def _pixels(img: Image.Image) -> tuple[np.ndarray, int]:
+    """An upright Pillow image -> ((H, W) gray or (H, W, 3) RGB, alpha on white, as stored; bit depth)."""
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(img, dtype=np.uint16), None, 16
+        return np.asarray(img, dtype=np.uint16), 16
     if mode == "I":
         # 32-bit integer images in the wild are 16-bit scans stored wide; anything beyond is clipped.
         arr = np.asarray(img, dtype=np.int64)
-        return np.clip(arr, 0, 65535).astype(np.uint16), None, 16
+        return np.clip(arr, 0, 65535).astype(np.uint16), 16
     if mode == "F":
         # Float scans come as [0, 1], as Pillow's own [0, 255] (mode L converted), or as 16-bit
         # counts; the largest value says which.
         arr = np.asarray(img, dtype=np.float32)
         peak = arr.max(initial=0.0)
         top = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0
-        return np.clip(arr / top * 65535.0 + 0.5, 0, 65535).astype(np.uint16), None, 16
+        return np.clip(arr / top * 65535.0 + 0.5, 0, 65535).astype(np.uint16), 16
     if mode in ("1", "L") and "transparency" not in img.info:
-        return np.asarray(img.convert("L"), dtype=np.uint8), None, 8
-    if mode in ("1", "L"):  # a gray level marked transparent (PNG's tRNS): on white, as alpha is
+        return np.asarray(img.convert("L"), dtype=np.uint8), 8
+    if mode in ("1", "L", "LA", "La"):  # a gray level marked transparent (PNG's tRNS) goes on white, as alpha does
         la = np.asarray(img.convert("LA"), dtype=np.uint8)
-        return _on_white(la[..., 0], la[..., 1]), None, 8
-    if mode in ("LA", "La"):
-        la = np.asarray(img.convert("LA"), dtype=np.uint8)
-        return _on_white(la[..., 0], la[..., 1]), None, 8
-    if mode == "P":
-        has_alpha = "transparency" in img.info or img.palette is not None and img.palette.mode == "RGBA"
+        return _on_white(la[..., 0], la[..., 1]), 8
+    if mode != "RGB" or "transparency" in img.info:
+        # P, RGBA, CMYK, YCbCr, LAB, HSV, PA, RGBX, RGBa ...: Pillow's own conversion to RGB(A).
+        has_alpha = mode.endswith(("A", "a")) or "transparency" in img.info
+        has_alpha |= mode == "P" and img.palette is not None and img.palette.mode == "RGBA"
         img = img.convert("RGBA" if has_alpha else "RGB")
-    elif mode not in ("RGB", "RGBA"):
-        # CMYK, YCbCr, LAB, HSV, PA, RGBX, RGBa ...: Pillow's own conversion to RGB(A).
-        img = img.convert("RGBA" if "A" in mode or "a" in mode else "RGB")
     arr = np.asarray(img, dtype=np.uint8)
     if arr.shape[2] == 4:
-        arr = _on_white(arr[..., :3], arr[..., 3])
-    rgb = np.ascontiguousarray(arr[..., :3])
-    return luma(rgb), shrink(rgb, PREVIEW_SIZE), 8
+        return _on_white(arr[..., :3], arr[..., 3]), 8
+    return arr, 8
+
+
+class _Profile:
+    """A scan's embedded ICC profile, applied to its pixels as they come decoded (:func:`icc.to_srgb`).
+
+    One that cannot be applied (damaged; for CMYK pixels, which Pillow turns RGB its own way) leaves
+    the pixels as they are, read as sRGB, and :attr:`note` says so for the scan's row.
+    """
+
+    def __init__(self, profile: bytes | None) -> None:
+        self.profile = profile or None
+        self.note = ""
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self.profile is None:
+            return pixels
+        try:
+            return icc.to_srgb(pixels, self.profile)
+        except icc.ProfileError as err:
+            self.note = f"{err}; the pixels were read as sRGB"
+            return pixels
+
+
+def embedded_profile(img: Image.Image, data: bytes) -> bytes | None:
+    """The ICC profile a scan carries, or None: Pillow reads JPEG's, PNG's, TIFF's and WebP's; a .jp2
+    file's is in its colour specification box (:func:`_jp2_icc_box`)."""
+    if img.format != "JPEG2000":
+        return img.info.get("icc_profile") or None
+    if (box := _jp2_icc_box(data)) is None:
+        return None
+    at, size = box
+    return data[at + 11 : at + size] or None
+
+
+def _jp2_icc_box(data: bytes) -> tuple[int, int] | None:
+    """(offset, length) of a .jp2 file's colour specification box (``colr``, ISO 15444-1 I.5.3.3) when
+    it holds an ICC profile (methods 2 and 3); None when it names sRGB or greyscale (method 1),
+    which need nothing, or there is none."""
+    if (header := _jp2_header(data)) is None:
+        return None
+    at, end = header[0] + 8, header[0] + header[1]
+    while at + 8 <= end:
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if size < 8:
+            return None
+        if kind == b"colr":  # the first is the one readers use
+            return (at, size) if size > 11 and data[at + 8] in (2, 3) else None
+        at += size
+    return None
+
+
+def _jp2_without_profile(data: bytes) -> bytes:
+    """A .jp2 file whose ICC profile is replaced by the enumerated space of its components (sRGB,
+    greyscale), for a decoder to hand back the stored values: imagecodecs' OpenJPEG converts a
+    tagged file's pixels itself, to 8-bit RGB (16-bit gray came out as noise: seen with 2026.3.6),
+    where :mod:`colorize.icc` keeps gray gray and 16 bits 16."""
+    if (box := _jp2_icc_box(data)) is None or (header := _jp2_header(data)) is None:
+        return data
+    (at, size), (top, length) = box, header
+    components = int.from_bytes(data[top + 24 : top + 26], "big")  # ihdr, first in the header box: its NC
+    enumerated = b"\x00\x00\x00\x0fcolr\x01\x00\x00" + (17 if components < 3 else 16).to_bytes(4, "big")
+    length += len(enumerated) - size
+    return data[:top] + length.to_bytes(4, "big") + data[top + 4 : at] + enumerated + data[at + size :]
 
 
 def _format(img: Image.Image) -> str:
@@ -303,15 +376,16 @@ def _pages(img: Image.Image) -> tuple[int, str]:
         return 1, f"the pages after the first cannot be counted or read: the file's chain of pages is damaged ({why})"
 
 
-def _jpeg2000_gray(data: bytes) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """A JPEG 2000 file's pixels through imagecodecs: (gray (H, W), colour preview or None, bit depth).
+def _jpeg2000_pixels(data: bytes) -> tuple[np.ndarray, int]:
+    """A JPEG 2000 file's pixels through imagecodecs: ((H, W) gray or (H, W, 3) RGB, alpha on white;
+    bit depth).
 
     imagecodecs' OpenJPEG releases the GIL; Pillow's holds it (4.0 s for a 48 MP scan here, during
     which no other thread of the process runs), so readers in threads decode JPEG 2000 in
     parallel only this way. 16-bit gray stays 16-bit; colour is reduced to 8 bits, as Pillow does.
     """
     try:
-        arr = imagecodecs.jpeg2k_decode(data, numthreads=1)  # the shard's readers are the threads
+        arr = imagecodecs.jpeg2k_decode(_jp2_without_profile(data), numthreads=1)  # the readers are the threads
     except imagecodecs.Jpeg2kError as err:
         raise ScanError(f"corrupt or truncated image data: OpenJPEG could not decode it ({err})") from None
     bits, full = jp2_precision(data), 8 * arr.dtype.itemsize
@@ -319,13 +393,12 @@ def _jpeg2000_gray(data: bytes) -> tuple[np.ndarray, np.ndarray | None, int]:
         top = (1 << bits) - 1
         arr = ((arr.astype(np.uint32) * ((1 << full) - 1) + top // 2) // top).astype(arr.dtype)
     if arr.ndim == 2:
-        return arr, None, 16 if arr.dtype == np.uint16 else 8
+        return arr, 16 if arr.dtype == np.uint16 else 8
     if arr.dtype == np.uint16:
         arr = (arr >> 8).astype(np.uint8)
     if arr.shape[2] == 2:  # gray and alpha
-        return _on_white(arr[..., 0], arr[..., 1]), None, 8
-    rgb = _on_white(arr[..., :3], arr[..., 3]) if arr.shape[2] == 4 else np.ascontiguousarray(arr[..., :3])
-    return luma(rgb), shrink(rgb, PREVIEW_SIZE), 8
+        return _on_white(arr[..., 0], arr[..., 1]), 8
+    return (_on_white(arr[..., :3], arr[..., 3]) if arr.shape[2] == 4 else np.ascontiguousarray(arr[..., :3])), 8
 
 
 def jp2_precision(data: bytes) -> int | None:
@@ -371,18 +444,31 @@ def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
     return ops[orientation](arr) if orientation in ops else arr
 
 
-def _gray16(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(H, W, 3 or 4) uint16 RGB(A) -> (gray (H, W) uint16, preview (h, w, 3) uint8), alpha on white."""
+def _on_white16(rgba: np.ndarray) -> np.ndarray:
+    """(H, W, 3 or 4) uint16 RGB(A) -> (H, W, 3) uint16 RGB, alpha on white."""
     rgb = rgba[..., :3]
     if rgba.shape[2] == 4:
         a = rgba[..., 3:].astype(np.float32) / 65535.0
         rgb = np.clip(rgb.astype(np.float32) * a + 65535.0 * (1.0 - a) + 0.5, 0, 65535).astype(np.uint16)
-    rgb = np.ascontiguousarray(rgb)
-    return luma(rgb), shrink((rgb >> 8).astype(np.uint8), PREVIEW_SIZE)
+    return np.ascontiguousarray(rgb)
+
+
+def _decoded(header: Image.Image, data: bytes) -> tuple[np.ndarray, int]:
+    """The first page of an image :func:`_checked` opened, upright and as stored: ((H, W) gray or
+    (H, W, 3) RGB, alpha on white; bit depth)."""
+    if header.format == "JPEG2000":
+        return _jpeg2000_pixels(data)
+    if (deep := _colour16(header, data)) is not None:  # before Pillow decodes it, to 8 bits, for nothing
+        return _on_white16(deep), 16
+    img = _load_upright(header)
+    try:
+        return _pixels(img)
+    except (OSError, ValueError) as err:
+        raise ScanError(f"corrupt image data: {err}") from None
 
 
 def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
-    """Decode the bytes of a scan into an upright gray array.
+    """Decode the bytes of a scan into an upright gray array, in sRGB.
 
     Args:
         data: the file's bytes.
@@ -394,35 +480,38 @@ def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
     Raises:
         ScanError: empty, not an image, unsupported format, over the pixel limit, truncated or corrupt.
     """
-    if (header := _checked(data, max_pixels)).format == "JPEG2000":
-        gray, preview, bit_depth = _jpeg2000_gray(data)
-        return Scan(gray, preview, header.mode, bit_depth, "JPEG2000", 1, dpi_of(header))
-    fmt, pages, mode, dpi, note = _describe(header)
-    if (deep := _colour16(header, data)) is not None:  # before Pillow decodes it, to 8 bits, for nothing
-        gray, preview = _gray16(deep)
-        return Scan(gray, preview, mode, 16, fmt, pages, dpi, note)
-    img = _load_upright(header)
-    try:
-        gray, preview, bit_depth = _to_gray(img)
-    except (OSError, ValueError) as err:
-        raise ScanError(f"corrupt image data: {err}") from None
-    return Scan(gray, preview, mode, bit_depth, fmt, pages, dpi, note)
+    header = _checked(data, max_pixels)
+    if header.format == "JPEG2000":  # one page; Pillow's resolution, as the lane's
+        fmt, pages, mode, dpi, note = "JPEG2000", 1, header.mode, dpi_of(header), ""
+    else:
+        fmt, pages, mode, dpi, note = _describe(header)
+    srgb = _Profile(embedded_profile(header, data))
+    pixels, bit_depth = _decoded(header, data)
+    gray, preview = _gray_and_preview(srgb(pixels))
+    return Scan(gray, preview, mode, bit_depth, fmt, pages, dpi, "; ".join(n for n in (note, srgb.note) if n))
 
 
 def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode a colour image: (H, W, 3) uint8 sRGB, upright, alpha composited on white.
+    """Decode a colour image: (H, W, 3) uint8 sRGB, upright, alpha composited on white, its embedded
+    ICC profile applied (one that cannot be, logged and left).
 
     Raises:
         ScanError: as :func:`decode_scan`.
     """
-    img = _load_upright(_checked(data, max_pixels))
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F", "1", "L", "LA", "La"):
-        gray, _, bit_depth = _to_gray(img)
-        gray8 = gray if bit_depth == 8 else (gray >> 8).astype(np.uint8)
-        return np.repeat(gray8[..., None], 3, axis=2)
-    has_alpha = "A" in img.mode or "a" in img.mode or "transparency" in img.info
-    arr = np.asarray(img.convert("RGBA" if has_alpha else "RGB"), dtype=np.uint8)
-    return _on_white(arr[..., :3], arr[..., 3]) if has_alpha else arr
+    header = _checked(data, max_pixels)
+    srgb = _Profile(embedded_profile(header, data))
+    img = _load_upright(header)
+    try:
+        pixels, _ = _pixels(img)
+    except (OSError, ValueError) as err:
+        raise ScanError(f"corrupt image data: {err}") from None
+    pixels = srgb(pixels)
+    if srgb.note:
+        log.warning("%s", srgb.note)
+    if pixels.ndim == 3:
+        return pixels
+    gray8 = pixels if pixels.dtype == np.uint8 else (pixels >> 8).astype(np.uint8)
+    return np.repeat(gray8[..., None], 3, axis=2)
 
 
 def output_format(source_format: str, requested: str) -> str:
@@ -532,24 +621,33 @@ def _jp2_ratio(dpi: float) -> tuple[int, int, int]:
     return round(per_metre * denominator), denominator, exponent
 
 
+def _jp2_header(data: bytes) -> tuple[int, int] | None:
+    """(offset, length) of a .jp2 file's header box (``jp2h``); None when it has none of a plain
+    32-bit length (not a .jp2 file)."""
+    at = 0
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+        if size < 8:
+            return None  # 0 (to the end of the file) or 1 (a 64-bit length): never the header box
+        if kind == b"jp2h":
+            return at, size
+        at += size
+    return None
+
+
 def with_jp2_resolution(data: bytes, dpi: tuple[float, float]) -> bytes:
     """A .jp2 file with a capture-resolution box (``res `` holding ``resc``, ISO 15444-1 I.5.3.7)
     added to its header box, which is where Pillow, exiv2 and others read a JP2's resolution.
 
     Unchanged when the file has no header box of a plain 32-bit length (not a .jp2 file).
     """
-    at = 0
-    while at + 8 <= len(data):
-        size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
-        if size < 8:
-            break  # 0 (to the end of the file) or 1 (a 64-bit length): never the header box
-        if kind == b"jp2h":
-            (hn, hd, he), (vn, vd, ve) = _jp2_ratio(dpi[0]), _jp2_ratio(dpi[1])
-            res = _box(b"res ", _box(b"resc", struct.pack(">HHHHBB", vn, vd, hn, hd, ve, he)))
-            end = at + size
-            return data[:at] + (size + len(res)).to_bytes(4, "big") + data[at + 4 : end] + res + data[end:]
-        at += size
-    return data
+    if (header := _jp2_header(data)) is None:
+        return data
+    at, size = header
+    (hn, hd, he), (vn, vd, ve) = _jp2_ratio(dpi[0]), _jp2_ratio(dpi[1])
+    res = _box(b"res ", _box(b"resc", struct.pack(">HHHHBB", vn, vd, hn, hd, ve, he)))
+    end = at + size
+    return data[:at] + (size + len(res)).to_bytes(4, "big") + data[at + 4 : end] + res + data[end:]
 
 
 def _encode_opencv(rgb: np.ndarray, fmt: str, dpi: tuple[float, float] | None) -> bytes:

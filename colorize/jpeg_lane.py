@@ -5,8 +5,9 @@ about 0.05 CPU-s per 1600x1200 scan) bounds a run, not the GPU (``bench/RESULTS.
 common case, 8-bit JPEG scans written back as JPEG, this lane moves that work to the GPU: nvJPEG
 decodes a batch, the merge is tensor maths (:mod:`colorize.tensor_color`) and nvJPEG encodes, with
 the writer threads that are idle encoding some of each batch on the host. The CPU is left reading,
-hashing, carrying metadata and writing. What the lane cannot take (other
-formats, CMYK, files nvJPEG refuses) goes the CPU way, which also names any fault in a file.
+hashing, carrying metadata and writing. A gray JPEG's embedded colour profile is applied on the GPU,
+as a table. What the lane cannot take (other formats, CMYK, RGB scans tagged with a profile other
+than sRGB, files nvJPEG refuses) goes the CPU way, which also names any fault in a file.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import io
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from colorize import tensor_color
+from colorize import icc, tensor_color
 from colorize.imaging import (
     JPEG_QUALITY,
     PREVIEW_SIZE,
@@ -71,6 +72,8 @@ class JpegHeader:
     format: str = "JPEG"
     pages: int = 1
     note: str = ""  # as Scan's: nothing of a JPEG this lane takes is left unread
+    # A gray JPEG's embedded profile as a table (``icc.gray_table``), applied on the device.
+    tone: np.ndarray | None = field(default=None, compare=False)
 
 
 def read_header(data: bytes, max_pixels: int) -> JpegHeader | None:
@@ -87,8 +90,17 @@ def read_header(data: bytes, max_pixels: int) -> JpegHeader | None:
                 return None
             width, height = img.size
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+            profile = img.info.get("icc_profile")
     except Exception:  # noqa: BLE001 - any doubt about the header: the CPU path decides and explains
         return None
+    tone = None
+    try:  # a colour profile other than sRGB converts an RGB scan whole, which the CPU way does
+        if profile and img.mode == "L":
+            tone = icc.gray_table(profile, 8)
+        elif profile and not icc.is_srgb(profile):
+            return None
+    except icc.ProfileError:
+        return None  # the CPU way notes it on the row
     if not 0 < width * height <= max_pixels:
         return None
     if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
@@ -96,7 +108,7 @@ def read_header(data: bytes, max_pixels: int) -> JpegHeader | None:
     orientation = orientation if orientation in range(1, 9) else 1
     if is_quarter_turn(orientation):  # the sides trade places, as decode_scan's
         width, height = height, width
-    return JpegHeader(width, height, img.mode, orientation, upright_dpi(dpi_of(img), orientation))
+    return JpegHeader(width, height, img.mode, orientation, upright_dpi(dpi_of(img), orientation), tone=tone)
 
 
 def upright(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -167,7 +179,9 @@ class JpegLane:
                 if image.shape[-2:] != (headers[i].height, headers[i].width):
                     continue  # the decoder disagrees with the header: leave it to the CPU path
                 if mode == "L":
-                    out[i] = Decoded(image[0], None)
+                    tone = headers[i].tone
+                    gray = image[0] if tone is None else torch.tensor(tone, device=self.device)[image[0].int()]
+                    out[i] = Decoded(gray, None)
                 else:
                     out[i] = Decoded(tensor_color.luma(image[None])[0], self._preview(image))
         return out

@@ -10,6 +10,7 @@ import io
 import shutil
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import torch
@@ -175,6 +176,8 @@ def test_shard_through_the_lane_gives_the_cpu_paths_results(tmp_path, monkeypatc
         write(src / f"gray{i}.jpg", encode(gray_image(240 + 7 * i, 330, seed=i), "JPEG", quality=90, dpi=(300, 300)))
     write(src / "rgb-gray.jpg", encode(np.repeat(gray_image(200, 260, seed=9)[..., None], 3, axis=2), "JPEG"))
     write(src / "progressive.jpg", encode(gray_image(210, 250, seed=5), "JPEG", progressive=True))
+    gamma18 = imagecodecs.cms_profile("gray", gamma=1.8)  # its tones converted on the device, by a table
+    write(src / "gamma18.jpg", encode(gray_image(190, 230, seed=6), "JPEG", icc_profile=gamma18))
     write(src / "colour.jpg", encode(colour_image(200, 300), "JPEG", quality=90))
     write(src / "cut.jpg", encode(gray_image(200, 300), "JPEG")[:2500])
     write(src / "deep.tif", encode(gray_image(120, 160, dtype=np.uint16), "TIFF"))
@@ -191,7 +194,7 @@ def test_shard_through_the_lane_gives_the_cpu_paths_results(tmp_path, monkeypatc
     assert statuses["cut.jpg"] == "failed"
     assert [r.reason for r in lane_rows if r.status == "failed"] == [r.reason for r in cpu_rows if r.status == "failed"]
     done = [r for r in lane_rows if r.status == "colorized"]
-    assert len(done) == 7
+    assert len(done) == 8
     for row in done:
         name = row.output_uri.rsplit("/", 1)[1]
         ours, theirs = Image.open(lane_out / name), Image.open(cpu_out / name)
@@ -206,6 +209,6 @@ def test_shard_through_the_lane_gives_the_cpu_paths_results(tmp_path, monkeypatc
     made = {p.name: p.read_bytes() for p in lane_out.iterdir() if p.is_file()}
     again, _ = _shard(tmp_path, model, lane=True, adopt=True)
     kept = [r for r in again if r.status == "skipped_done"]
-    assert len(kept) == 7 and all("found whole, made by run" in r.reason for r in kept)
+    assert len(kept) == 8 and all("found whole, made by run" in r.reason for r in kept)
     assert [(r.width, r.height, r.output_sha256) for r in kept] == [(r.width, r.height, r.output_sha256) for r in done]
     assert {p.name: p.read_bytes() for p in lane_out.iterdir() if p.is_file()} == made
