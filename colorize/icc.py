@@ -25,8 +25,8 @@ from colorize.color import luma
 _SRGB = imagecodecs.cms_profile("srgb")
 _INTENT = int(imagecodecs.CMS.INTENT.RELATIVE_COLORIMETRIC)
 _FLAGS = int(imagecodecs.CMS.FLAGS.BLACKPOINTCOMPENSATION)
-# LittleCMS's optimised 16-bit pipelines are off by up to 1.2% of full scale (770 of 65535 on
-# near-gray Adobe RGB pixels, measured against its unoptimised ones): 8-bit precision. Tables are
+# LittleCMS's optimised 16-bit pipelines are off by up to 1.2% of full scale (775 of 65535 on
+# near-gray Adobe RGB pixels, against its float one: ``bench/colour_profiles.py``): 8-bit precision. Tables are
 # built unoptimised (exact to a 16-bit level, and built once per profile); 16-bit RGB pixels go
 # through its float pipeline, in strips of this many rows, which bound its float32 copies.
 _EXACT = _FLAGS | int(imagecodecs.CMS.FLAGS.NOOPTIMIZE)
