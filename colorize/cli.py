@@ -131,15 +131,21 @@ def run(
         raise _fail(str(err), 1) from None
     counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())) or "no scans found"
     typer.echo(f"run {summary.run_id}: {counts}")
-    for uri, reason in summary.failures[:3]:  # the reason may be one to act on: a moved archive's, say
-        typer.echo(f"failed: {uri}: {reason}")
-    if (failed := summary.counts.get("failed", 0)) > 3:
-        typer.echo(f"... and {failed - 3} more failed (the manifest has every reason)")
+    _echo_failures(summary.failures, summary.counts.get("failed", 0), "the manifest has every reason")
     if summary.not_scans:
         typer.echo(f"left alone, not scans by their extension: {describe_not_scans(summary.not_scans)}")
     typer.echo(f"manifest: {summary.dest.rstrip('/')}/manifests/{summary.run_id}.csv")
     if summary.report_url:  # before/after pages to look at; for S3 a presigned link
         typer.echo(f"report: {summary.report_url}")
+
+
+def _echo_failures(failures: list[tuple[str, str]], total: int, where: str, shown: int = 3) -> None:
+    """The first few failures with their reasons (one may be to act on: a moved archive's, say), and
+    how many more there are."""
+    for uri, reason in failures[:shown]:
+        typer.echo(f"failed: {uri}: {reason}")
+    if total > shown:
+        typer.echo(f"... and {total - shown} more failed ({where})")
 
 
 def _dry_run(source: str, dest: str, model: str | None, registry: str | None, options: dict[str, object]) -> None:
@@ -162,8 +168,7 @@ def _dry_run(source: str, dest: str, model: str | None, registry: str | None, op
     for status in ("skipped_done", "skipped_color", "failed"):
         if seen.decided[status]:
             typer.echo(f"would record {status} {seen.decided[status]}")
-    for uri, reason in seen.failures:
-        typer.echo(f"failed: {uri}: {reason}")
+    _echo_failures(seen.failures, seen.decided["failed"], "colorize run records every reason")
     if seen.not_scans:
         typer.echo(f"would leave alone, not scans by their extension: {describe_not_scans(seen.not_scans)}")
 

@@ -22,7 +22,9 @@ import numpy as np
 
 from colorize.color import luma
 
-_SRGB = imagecodecs.cms_profile("srgb")
+# LittleCMS's own sRGB profile (ICC v4.4, 588 bytes): what pixels are converted to, and what every
+# output that can hold a profile carries (:mod:`colorize.provenance`).
+SRGB_PROFILE: bytes = imagecodecs.cms_profile("srgb")
 _INTENT = int(imagecodecs.CMS.INTENT.RELATIVE_COLORIMETRIC)
 _FLAGS = int(imagecodecs.CMS.FLAGS.BLACKPOINTCOMPENSATION)
 # LittleCMS's optimised 16-bit pipelines are off by up to 1.2% of full scale (775 of 65535 on
@@ -58,7 +60,7 @@ def _transform(pixels: np.ndarray, profile: bytes, colorspace: str, flags: int =
     """LittleCMS: ``pixels`` in ``profile``'s space -> sRGB (..., 3) of the same dtype."""
     try:
         return imagecodecs.cms_transform(
-            pixels, profile, _SRGB, colorspace=colorspace, outcolorspace="rgb", intent=_INTENT, flags=flags
+            pixels, profile, SRGB_PROFILE, colorspace=colorspace, outcolorspace="rgb", intent=_INTENT, flags=flags
         )
     except imagecodecs.CmsError as err:
         raise ProfileError(f"its embedded ICC profile cannot be applied: damaged or not a profile ({err})") from None

@@ -154,13 +154,15 @@ def dpi_of(img: Image.Image) -> tuple[float, float] | None:
     return (x, y) if x > 0 and y > 0 else None
 
 
-def _on_white(rgb_or_gray: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite onto white: (H, W[, C]) uint8 with (H, W) uint8 alpha -> same shape uint8."""
-    a = alpha.astype(np.float32) / 255.0
-    if rgb_or_gray.ndim == 3:
-        a = a[..., None]
-    out = rgb_or_gray.astype(np.float32) * a + 255.0 * (1.0 - a)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+def _on_white(arr: np.ndarray) -> np.ndarray:
+    """Alpha composited onto white: (H, W, 2) gray and alpha, (H, W, 3) RGB or (H, W, 4) RGBA, uint8
+    or uint16 -> (H, W) gray or (H, W, 3) RGB of the same dtype."""
+    if arr.shape[2] == 3:
+        return np.ascontiguousarray(arr)
+    top = np.float32(255 if arr.dtype == np.uint8 else 65535)
+    a = arr[..., -1:].astype(np.float32) / top
+    out = np.clip(arr[..., :-1].astype(np.float32) * a + top * (1 - a) + np.float32(0.5), 0, top).astype(arr.dtype)
+    return out[..., 0] if arr.shape[2] == 2 else out
 
 
 def shrunk_size(height: int, width: int, long_side: int) -> tuple[int, int] | None:
@@ -207,17 +209,13 @@ def _pixels(img: Image.Image) -> tuple[np.ndarray, int]:
     if mode in ("1", "L") and "transparency" not in img.info:
         return np.asarray(img.convert("L"), dtype=np.uint8), 8
     if mode in ("1", "L", "LA", "La"):  # a gray level marked transparent (PNG's tRNS) goes on white, as alpha does
-        la = np.asarray(img.convert("LA"), dtype=np.uint8)
-        return _on_white(la[..., 0], la[..., 1]), 8
+        return _on_white(np.asarray(img.convert("LA"), dtype=np.uint8)), 8
     if mode != "RGB" or "transparency" in img.info:
         # P, RGBA, CMYK, YCbCr, LAB, HSV, PA, RGBX, RGBa ...: Pillow's own conversion to RGB(A).
         has_alpha = mode.endswith(("A", "a")) or "transparency" in img.info
         has_alpha |= mode == "P" and img.palette is not None and img.palette.mode == "RGBA"
         img = img.convert("RGBA" if has_alpha else "RGB")
-    arr = np.asarray(img, dtype=np.uint8)
-    if arr.shape[2] == 4:
-        return _on_white(arr[..., :3], arr[..., 3]), 8
-    return arr, 8
+    return _on_white(np.asarray(img, dtype=np.uint8)), 8
 
 
 class _Profile:
@@ -382,7 +380,8 @@ def _jpeg2000_pixels(data: bytes) -> tuple[np.ndarray, int]:
 
     imagecodecs' OpenJPEG releases the GIL; Pillow's holds it (4.0 s for a 48 MP scan here, during
     which no other thread of the process runs), so readers in threads decode JPEG 2000 in
-    parallel only this way. 16-bit gray stays 16-bit; colour is reduced to 8 bits, as Pillow does.
+    parallel only this way. 16-bit samples stay 16-bit, colour too (Pillow reads 16-bit colour as
+    8-bit), as a 48-bit TIFF's do.
     """
     try:
         arr = imagecodecs.jpeg2k_decode(_jp2_without_profile(data), numthreads=1)  # the readers are the threads
@@ -392,13 +391,12 @@ def _jpeg2000_pixels(data: bytes) -> tuple[np.ndarray, int]:
     if bits and bits < full:  # e.g. 12-bit samples, which OpenJPEG returns as counts up to 4095
         top = (1 << bits) - 1
         arr = ((arr.astype(np.uint32) * ((1 << full) - 1) + top // 2) // top).astype(arr.dtype)
+    depth = 16 if arr.dtype == np.uint16 else 8
     if arr.ndim == 2:
-        return arr, 16 if arr.dtype == np.uint16 else 8
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    if arr.shape[2] == 2:  # gray and alpha
-        return _on_white(arr[..., 0], arr[..., 1]), 8
-    return (_on_white(arr[..., :3], arr[..., 3]) if arr.shape[2] == 4 else np.ascontiguousarray(arr[..., :3])), 8
+        return arr, depth
+    if arr.shape[2] not in (2, 4):
+        arr = arr[..., :3]  # further components (a fourth without an alpha's meaning) are not the picture
+    return _on_white(arr), depth
 
 
 def jp2_precision(data: bytes) -> int | None:
@@ -444,22 +442,13 @@ def _upright(arr: np.ndarray, orientation: int) -> np.ndarray:
     return ops[orientation](arr) if orientation in ops else arr
 
 
-def _on_white16(rgba: np.ndarray) -> np.ndarray:
-    """(H, W, 3 or 4) uint16 RGB(A) -> (H, W, 3) uint16 RGB, alpha on white."""
-    rgb = rgba[..., :3]
-    if rgba.shape[2] == 4:
-        a = rgba[..., 3:].astype(np.float32) / 65535.0
-        rgb = np.clip(rgb.astype(np.float32) * a + 65535.0 * (1.0 - a) + 0.5, 0, 65535).astype(np.uint16)
-    return np.ascontiguousarray(rgb)
-
-
 def _decoded(header: Image.Image, data: bytes) -> tuple[np.ndarray, int]:
     """The first page of an image :func:`_checked` opened, upright and as stored: ((H, W) gray or
     (H, W, 3) RGB, alpha on white; bit depth)."""
     if header.format == "JPEG2000":
         return _jpeg2000_pixels(data)
     if (deep := _colour16(header, data)) is not None:  # before Pillow decodes it, to 8 bits, for nothing
-        return _on_white16(deep), 16
+        return _on_white(deep), 16
     img = _load_upright(header)
     try:
         return _pixels(img)

@@ -4,7 +4,8 @@ exiv2 (:mod:`colorize.provenance`) parses and rewrites a whole file to read or w
 and holds Python's GIL while it does: about 0.3 ms of CPU per 1600x1200 JPEG here, and the part
 of a GPU run's per-file work that did not scale across threads (``bench/RESULTS.md``). Most scans
 and every output of our encoders carry no metadata at all. For them, finding that out is a walk
-over a few segment headers, and marking an output is two APP1 segments put after its JFIF header.
+over a few segment headers, and marking an output is two APP1 segments (EXIF, XMP) and an APP2 one
+(its ICC profile) put after its JFIF header.
 Anything less plain (metadata to carry, non-ASCII EXIF text, a packet over one segment) is left
 to exiv2.
 """
@@ -20,6 +21,7 @@ _APP0, _APP1, _APP13 = 0xE0, 0xE1, 0xED
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn: markers without a length
 _MAX_PAYLOAD = 0xFFFF - 2  # a segment's length field counts itself
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+ICC_HEADER = b"ICC_PROFILE\x00"
 
 
 def _segments(data: bytes) -> list[tuple[int, int, int]] | None:
@@ -82,8 +84,14 @@ def xmp_segment(packet: bytes) -> bytes | None:
     return payload if len(payload) <= _MAX_PAYLOAD else None
 
 
-def with_app1(jpeg: bytes, payloads: list[bytes]) -> bytes | None:
-    """The JPEG with these APP1 payloads added after its JFIF header; its other bytes unchanged.
+def icc_segment(profile: bytes) -> bytes | None:
+    """An APP2 ICC payload holding the whole profile (chunk 1 of 1); None when it needs more than one."""
+    payload = ICC_HEADER + b"\x01\x01" + profile
+    return payload if len(payload) <= _MAX_PAYLOAD else None
+
+
+def with_app_segments(jpeg: bytes, app1: list[bytes], app2: list[bytes]) -> bytes | None:
+    """The JPEG with these APP1 then APP2 payloads added after its JFIF header; its other bytes unchanged.
 
     None when it already holds EXIF, XMP or IPTC (merging with them is exiv2's job) or is not a
     plain JPEG.
@@ -93,5 +101,8 @@ def with_app1(jpeg: bytes, payloads: list[bytes]) -> bytes | None:
         return None
     # EXIF wants to come first; JFIF's APP0, when there is one, must stay right after SOI.
     at = segments[0][2] if segments and segments[0][0] == _APP0 else 2
-    added = b"".join(b"\xff\xe1" + (len(p) + 2).to_bytes(2, "big") + p for p in payloads)
+    added = b"".join(
+        marker + (len(p) + 2).to_bytes(2, "big") + p for marker, group in ((b"\xff\xe1", app1), (b"\xff\xe2", app2))
+        for p in group
+    )  # fmt: skip
     return jpeg[:at] + added + jpeg[at:]

@@ -10,6 +10,9 @@ therefore carries, in its own bytes:
   (:data:`NS_COLORIZE`, prefix ``colorize``);
 - the scan's own descriptive metadata (XMP, EXIF and IPTC: title, creator, rights, dates...), so the
   archive's cataloguing travels with the picture; ours is added beside it and never overwrites it;
+- sRGB's ICC profile (JPEG, PNG, TIFF, WebP; a .jp2 names sRGB in its header box already), so that
+  colour-managed software shows the colours meant; the scan's own profile says nothing true of
+  the output, whose pixels are sRGB (:mod:`colorize.icc`), and is not carried;
 - optionally, a signed C2PA manifest (Content Credentials) with a ``c2pa.edited`` action of the same
   digital source type and the scan as its parent ingredient (:func:`colorize.c2pa_signing.sign_c2pa`).
 
@@ -42,8 +45,9 @@ from PIL import Image
 
 from colorize import __version__
 from colorize.color import COLOUR_METHOD
+from colorize.icc import SRGB_PROFILE
 from colorize.imaging import dpi_of, is_quarter_turn, with_jp2_resolution
-from colorize.jpeg_segments import carries_metadata, exif_segment, with_app1, xmp_segment
+from colorize.jpeg_segments import carries_metadata, exif_segment, icc_segment, with_app_segments, xmp_segment
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,10 @@ XMP, XMP_C2PA, NONE = "xmp", "xmp+c2pa", "none"
 UNMARKED_FORMATS = frozenset({"BMP"})  # no XMP, EXIF or C2PA container in the format
 # XMP, EXIF and IPTC, but no C2PA binding: the C2PA specification defines none for JPEG 2000.
 UNSIGNED_FORMATS = UNMARKED_FORMATS | {"JPEG2000"}
+# Outputs that carry sRGB's ICC profile, which says what their numbers mean to colour-managed software
+# (an editor whose working space is Adobe RGB shows an untagged file as Adobe RGB). A .jp2 file
+# names sRGB in its colour specification box (the encoder's enumerated space), BMP has no place.
+PROFILED_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "WEBP"})
 _NO_IPTC_FORMATS = frozenset({"WEBP"})  # exiv2 (and the format's RIFF chunks) hold no IPTC-IIM
 
 NS = {
@@ -486,8 +494,10 @@ def _output_iptc(carried: dict[str, Any], info: ProvenanceInfo, fmt: str) -> dic
     return iptc
 
 
-def _write(output: bytes, exif: dict[str, Any], iptc: dict[str, Any], packet: str) -> bytes:
+def _write(output: bytes, fmt: str, exif: dict[str, Any], iptc: dict[str, Any], packet: str) -> bytes:
     with _EXIV2, pyexiv2.ImageData(output) as img:
+        if fmt in PROFILED_FORMATS:
+            img.modify_icc(SRGB_PROFILE)
         img.modify_exif(exif)
         if iptc:
             img.modify_iptc(iptc)
@@ -549,7 +559,7 @@ def embed(
     first_error: Exception | None = None
     for tried_exif, tried_iptc, tried_packet, left_out in attempts if meta.xmp else attempts[::2]:
         try:
-            marked = _write(output, tried_exif, tried_iptc, tried_packet.decode())
+            marked = _write(output, fmt, tried_exif, tried_iptc, tried_packet.decode())
         except (RuntimeError, ValueError) as err:
             first_error = first_error or err
             continue
@@ -581,8 +591,8 @@ def _embed_plain_jpeg(output: bytes, info: ProvenanceInfo, packet: bytes) -> byt
     canonical form. None when it cannot be done so (see :mod:`colorize.jpeg_segments`).
     """
     tags = {_EXIF_TAG_IDS[key]: value for key, value in _output_exif({}, info, "JPEG").items()}
-    exif, xmp = exif_segment(tags), xmp_segment(packet)
-    return with_app1(output, [exif, xmp]) if exif and xmp else None
+    exif, xmp, profile = exif_segment(tags), xmp_segment(packet), icc_segment(SRGB_PROFILE)
+    return with_app_segments(output, [exif, xmp], [profile]) if exif and xmp and profile else None
 
 
 def provenance_kind(fmt: str, signed: bool) -> str:

@@ -183,10 +183,9 @@ def test_12_bit_jpeg_2000_is_scaled_to_the_full_range(colour):
     data = bytes(imagecodecs.jpeg2k_encode(samples, codecformat="jp2", bitspersample=12, reversible=True))
     scan = decode_scan(data)
     expected16 = gray12.astype(np.float64) * 65535 / 4095
-    if colour:  # colour JPEG 2000 is reduced to 8 bits, as Pillow does
-        assert scan.bit_depth == 8 and np.abs(scan.gray.astype(float) - expected16 / 257).max() <= 1.5
-    else:
-        assert scan.bit_depth == 16 and np.abs(scan.gray.astype(float) - expected16).max() <= 1
+    # Colour too keeps 16 bits (Pillow would read it as 8), as a 48-bit TIFF does.
+    assert scan.bit_depth == 16 and np.abs(scan.gray.astype(float) - expected16).max() <= 1
+    assert (scan.preview is not None) == colour
 
 
 def test_a_quarter_turn_swaps_the_resolution_with_the_sides():
@@ -260,3 +259,16 @@ def test_a_jpeg_that_records_no_resolution_gets_none_made_up():
     exif[0x013B] = "A. Photographer"  # EXIF without a resolution: Pillow would report 72 dpi
     assert decode_scan(encode(GRAY, "JPEG", exif=exif)).dpi is None
     assert decode_scan(encode(GRAY, "JPEG", exif=exif, dpi=(72, 72))).dpi == (72, 72)  # recorded: kept
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_16_bit_jpeg_2000_with_alpha_is_put_on_white_keeping_16_bits(channels):
+    import imagecodecs
+
+    gray16 = gray_image(30, 40, dtype=np.uint16)
+    alpha = np.full_like(gray16, 65535)
+    alpha[:, :20] = 0  # the left half transparent: white
+    samples = np.dstack([gray16] * (channels - 1) + [alpha])
+    scan = decode_scan(bytes(imagecodecs.jpeg2k_encode(samples, codecformat="jp2", reversible=True)))
+    assert scan.bit_depth == 16 and scan.gray.dtype == np.uint16
+    assert (scan.gray[:, :20] == 65535).all() and np.abs(scan.gray[:, 20:].astype(int) - gray16[:, 20:]).max() <= 1

@@ -19,6 +19,7 @@ from PIL import Image
 from colorize import process, tensor_color
 from colorize.color import despeckle_ab, gray_to_lightness, luma, merge_chroma
 from colorize.engine import Colorizer, model_input
+from colorize.icc import SRGB_PROFILE
 from colorize.imaging import DEFAULT_MAX_PIXELS, decode_scan, encode_image, set_jpeg_dpi
 from colorize.jpeg_lane import JpegLane, read_header
 from colorize.manifest import new_run_id
@@ -200,6 +201,7 @@ def test_shard_through_the_lane_gives_the_cpu_paths_results(tmp_path, monkeypatc
         ours, theirs = Image.open(lane_out / name), Image.open(cpu_out / name)
         assert ours.size == theirs.size and ours.mode == theirs.mode
         assert ours.info.get("dpi") == theirs.info.get("dpi")
+        assert ours.info["icc_profile"] == theirs.info["icc_profile"] == SRGB_PROFILE  # nvJPEG's outputs too
         diff = np.abs(np.asarray(ours).astype(int) - np.asarray(theirs))
         assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4, name  # JPEG re-encoding noise is ~1 code
         info = read_provenance((lane_out / name).read_bytes())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import c2pa
 import cv2
+import imagecodecs
 import numpy as np
 import pandas as pd
 import pyexiv2
@@ -27,6 +28,7 @@ from colorize import __version__, provenance
 from colorize.c2pa_signing import load_signing_key, sign_c2pa
 from colorize.cli import app
 from colorize.detect import detect_colour
+from colorize.icc import SRGB_PROFILE
 from colorize.imaging import decode_rgb
 from colorize.jpeg_segments import carries_metadata
 from colorize.manifest import COLUMNS, ManifestRow, read_csv, to_frame, write_csv
@@ -77,7 +79,11 @@ def _catalogued_jpeg() -> bytes:
 
 def _scans(root: Path) -> Path:
     write(root / "cat/harbour.jpg", _catalogued_jpeg())
-    write(root / "b.png", encode(gray_image(90, 70, seed=1), "PNG"))
+    # A scanner's gray profile: applied on reading, and not carried (the output's pixels are sRGB).
+    write(
+        root / "b.png",
+        encode(gray_image(90, 70, seed=1), "PNG", icc_profile=imagecodecs.cms_profile("gray", gamma=2.2)),
+    )
     write(root / "c8.tif", encode(gray_image(80, 100, seed=2), "TIFF"))
     write(root / "c16.tif", encode(gray_image(80, 100, seed=3, dtype=np.uint16), "TIFF"))
     write(root / "d.webp", encode(gray_image(64, 96, seed=4), "WEBP", quality=90))
@@ -194,6 +200,11 @@ def test_every_format_says_it_is_machine_coloured_from_which_scan_by_which_model
     assert xmp["xmp:CreatorTool"] == f"archive-colorize {__version__}"
     assert xmp["colorize:runId"] == summary.run_id and xmp["xmpMM:DocumentID"].startswith("xmp.did:")
     assert ours in _exif(out)[0x010E]  # EXIF ImageDescription, read by Pillow
+    if key.endswith(".jp2"):  # its colour specification box names sRGB (method 1, EnumCS 16)
+        at = out.read_bytes().index(b"colr")
+        assert out.read_bytes()[at + 4 : at + 11] == b"\x01\x00\x00\x00\x00\x00\x10"
+    else:  # sRGB's ICC profile, for colour-managed software
+        assert Image.open(out).info["icc_profile"] == SRGB_PROFILE
 
     row = _rows(dest, summary.run_id)[key]
     assert (row.provenance, row.model_sha256) == ("xmp", card["sha256"])
@@ -337,6 +348,7 @@ def test_signed_outputs_validate_and_tampering_is_reported(prefect_api_url, cert
         out = dest / key
         assert rows[key].provenance == "xmp+c2pa" and rows[key].output_sha256 == _sha(out)
         assert _xmp(out)["Iptc4xmpExt:DigitalSourceType"] == DIGITAL_SOURCE_TYPE  # XMP kept through signing
+        assert Image.open(out).info["icc_profile"] == SRGB_PROFILE  # and the profile
         mime = Image.MIME[Image.open(out).format]
         with c2pa.Context.from_dict(trust) as ctx, c2pa.Reader(mime, io.BytesIO(out.read_bytes()), context=ctx) as r:
             state, manifest, results = r.get_validation_state(), r.get_active_manifest(), r.get_validation_results()
@@ -412,11 +424,13 @@ def test_plain_jpegs_are_marked_as_bytes_saying_what_exiv2_would():
     assert carries_metadata(scan[:100])  # not a JPEG that parses: exiv2 reads it and says what it finds
 
     quick = embed(output, "JPEG", scan, info)
-    by_exiv2 = provenance._write(output, provenance._output_exif({}, info, "JPEG"), {}, provenance_xmp(info).decode())
+    exif = provenance._output_exif({}, info, "JPEG")
+    by_exiv2 = provenance._write(output, "JPEG", exif, {}, provenance_xmp(info).decode())
     assert quick != by_exiv2 and quick[-(len(output) - 20) :] == output[20:]  # segments added, the rest untouched
     assert read_provenance(quick) == read_provenance(by_exiv2)
     with pyexiv2.ImageData(quick) as img:  # exiv2 reads what we wrote
-        exif, xmp = img.read_exif(), img.read_xmp()
+        exif, xmp, profile = img.read_exif(), img.read_xmp(), img.read_icc()
+    assert profile == SRGB_PROFILE == Image.open(io.BytesIO(by_exiv2)).info["icc_profile"]
     assert exif["Exif.Image.ImageDescription"] == info.description
     assert exif["Exif.Image.Software"] == info.creator_tool
     assert xmp["Xmp.colorize.sourceSha256"] == "ab" * 32
