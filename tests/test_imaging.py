@@ -272,3 +272,29 @@ def test_16_bit_jpeg_2000_with_alpha_is_put_on_white_keeping_16_bits(channels):
     scan = decode_scan(bytes(imagecodecs.jpeg2k_encode(samples, codecformat="jp2", reversible=True)))
     assert scan.bit_depth == 16 and scan.gray.dtype == np.uint16
     assert (scan.gray[:, :20] == 65535).all() and np.abs(scan.gray[:, 20:].astype(int) - gray16[:, 20:]).max() <= 1
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_tiff_whose_zero_is_white_is_read_as_it_shows_not_as_a_negative(dtype):
+    import imagecodecs
+
+    shown = gray_image(30, 40, dtype=dtype)  # what the scan looks like
+    stored = np.invert(shown)  # WhiteIsZero: 0 is white, the top value black
+    data = imagecodecs.tiff_encode(stored, photometric="miniswhite")
+    assert Image.open(io.BytesIO(data)).tag_v2[262] == 0
+    scan = decode_scan(data)
+    assert scan.gray.dtype == dtype and np.array_equal(scan.gray, shown)
+
+
+def test_a_48_bit_tiff_stored_plane_by_plane_is_read_as_it_shows():
+    import imagecodecs
+
+    from colorize.color import luma
+
+    rgb = np.dstack([gray_image(30, 40, seed=s, dtype=np.uint16) for s in range(3)])
+    for planes in ("contig", "separate"):  # one plane per channel: OpenCV read it as noise
+        stored = rgb if planes == "contig" else np.ascontiguousarray(np.moveaxis(rgb, -1, 0))
+        data = imagecodecs.tiff_encode(stored, planarconfig=planes, photometric="rgb")
+        assert Image.open(io.BytesIO(data)).tag_v2[284] == (1 if planes == "contig" else 2)
+        scan = decode_scan(data)
+        assert scan.bit_depth == 16 and np.array_equal(scan.gray, luma(rgb)), planes
