@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 
+import imagecodecs
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from PIL import Image
 from colorize import process
 from colorize.color import merge_chroma
 from colorize.engine import Colorizer, model_input
+from colorize.icc import SRGB_PROFILE
 from colorize.imaging import decode_scan
 from colorize.manifest import new_run_id
 from colorize.modelfile import PACKAGED_DIR, load_model
@@ -69,6 +71,11 @@ def test_jpeg_lane_on_cuda_gives_the_cpu_paths_results(tmp_path, monkeypatch, ho
         )
     write(src / "rgb-gray.jpg", encode(np.repeat(gray_image(300, 400, seed=9)[..., None], 3, axis=2), "JPEG"))
     write(src / "progressive.jpg", encode(gray_image(210, 250, seed=5), "JPEG", progressive=True))
+    # Colour profiles: a gray one applied on the GPU by a table, an RGB one sent the CPU way.
+    gamma18, adobe = imagecodecs.cms_profile("gray", gamma=1.8), imagecodecs.cms_profile("adobergb")
+    write(src / "gamma18.jpg", encode(gray_image(260, 300, seed=7), "JPEG", icc_profile=gamma18))
+    rgb_gray = np.repeat(gray_image(220, 280, seed=8)[..., None], 3, axis=2)
+    write(src / "adobe.jpg", encode(rgb_gray, "JPEG", icc_profile=adobe))
     write(src / "colour.jpg", encode(colour_image(200, 300), "JPEG", quality=90))
     write(src / "cut.jpg", encode(gray_image(200, 300), "JPEG")[:2500])
     write(src / "deep.tif", encode(gray_image(120, 160, dtype=np.uint16), "TIFF"))
@@ -88,13 +95,14 @@ def test_jpeg_lane_on_cuda_gives_the_cpu_paths_results(tmp_path, monkeypatch, ho
         return (r.source_uri, r.status, r.width, r.height, r.mode, r.reason if r.status == "failed" else "")
 
     assert [fields(r) for r in results["cuda"]] == [fields(r) for r in results["cpu"]]
-    assert sum(r.status == "colorized" for r in results["cuda"]) == 9
+    assert sum(r.status == "colorized" for r in results["cuda"]) == 11
     for row in results["cuda"]:
         if row.status != "colorized":
             continue
         name = row.output_uri.rsplit("/", 1)[1]
         ours, theirs = Image.open(tmp_path / "cuda" / name), Image.open(tmp_path / "cpu" / name)
         assert ours.size == theirs.size and ours.info.get("dpi") == theirs.info.get("dpi")
+        assert ours.info.get("icc_profile") == theirs.info.get("icc_profile") == SRGB_PROFILE
         diff = np.abs(np.asarray(ours).astype(int) - np.asarray(theirs))
         assert diff.mean() < 1.5 and np.percentile(diff, 99) <= 6, name  # bf16 forward, nvJPEG codecs
 
