@@ -25,6 +25,10 @@ from colorize.color import luma
 # LittleCMS's own sRGB profile (ICC v4.4, 588 bytes): what pixels are converted to, and what every
 # output that can hold a profile carries (:mod:`colorize.provenance`).
 SRGB_PROFILE: bytes = imagecodecs.cms_profile("srgb")
+# Adobe RGB (1998), for a camera's JPEG that names it in EXIF instead of embedding it (DCF's option
+# colour space; :func:`colorize.imaging.embedded_profile`). LittleCMS's converts a cube of colours as
+# a real Adobe RGB (1998) profile from a photo's file does, to the level.
+ADOBE_RGB_PROFILE: bytes = imagecodecs.cms_profile("adobergb")
 _INTENT = int(imagecodecs.CMS.INTENT.RELATIVE_COLORIMETRIC)
 _FLAGS = int(imagecodecs.CMS.FLAGS.BLACKPOINTCOMPENSATION)
 # LittleCMS's optimised 16-bit pipelines are off by up to 1.2% of full scale (775 of 65535 on

@@ -20,6 +20,7 @@ import cv2
 import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.ExifTags import IFD
 
 from colorize import icc
 from colorize.color import luma
@@ -240,14 +241,32 @@ class _Profile:
 
 
 def embedded_profile(img: Image.Image, data: bytes) -> bytes | None:
-    """The ICC profile a scan carries, or None: Pillow reads JPEG's, PNG's, TIFF's and WebP's; a .jp2
-    file's is in its colour specification box (:func:`_jp2_icc_box`)."""
-    if img.format != "JPEG2000":
-        return img.info.get("icc_profile") or None
-    if (box := _jp2_icc_box(data)) is None:
-        return None
-    at, size = box
-    return data[at + 11 : at + size] or None
+    """The ICC profile a scan's pixels are in, or None (sRGB): Pillow reads JPEG's, PNG's, TIFF's and
+    WebP's; a .jp2 file's is in its colour specification box (:func:`_jp2_icc_box`). A camera's JPEG
+    in Adobe RGB names it in EXIF instead (:func:`_dcf_adobe_rgb`)."""
+    if img.format == "JPEG2000":
+        if (box := _jp2_icc_box(data)) is None:
+            return None
+        at, size = box
+        return data[at + 11 : at + size] or None
+    if profile := img.info.get("icc_profile"):
+        return profile
+    return icc.ADOBE_RGB_PROFILE if _dcf_adobe_rgb(img) else None
+
+
+def _dcf_adobe_rgb(img: Image.Image) -> bool:
+    """Whether a JPEG without a profile says in EXIF that it is Adobe RGB, as cameras set to Adobe RGB
+    write it (DCF 2.0's option colour space: ColorSpace "uncalibrated", interoperability index
+    ``R03``), and as Photoshop and Lightroom read it. A copy stand's camera digitises prints so."""
+    if img.format != "JPEG":
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": then no such claim is read
+            exif = img.getexif()
+            return exif.get_ifd(IFD.Exif).get(0xA001) == 0xFFFF and exif.get_ifd(IFD.Interop).get(1) == "R03"
+    except Exception:  # noqa: BLE001 - damaged EXIF says nothing about the colour space
+        return False
 
 
 def _jp2_icc_box(data: bytes) -> tuple[int, int] | None:

@@ -28,6 +28,7 @@ from colorize.imaging import (
     JPEG_QUALITY,
     PREVIEW_SIZE,
     dpi_of,
+    embedded_profile,
     encode_image,
     is_quarter_turn,
     set_jpeg_dpi,
@@ -90,7 +91,7 @@ def read_header(data: bytes, max_pixels: int) -> JpegHeader | None:
                 return None
             width, height = img.size
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-            profile = img.info.get("icc_profile")
+            profile = embedded_profile(img, data)
     except Exception:  # noqa: BLE001 - any doubt about the header: the CPU path decides and explains
         return None
     tone = None

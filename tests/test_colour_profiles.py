@@ -173,3 +173,23 @@ def test_a_tagged_scans_output_has_the_tones_the_scan_shows(tmp_path: Path, tiny
     assert np.abs(lightness("gamma18.png") - srgb_lightness(_srgb_of_gamma(gray, 1.8, 255))).mean() < 1.0
     assert np.abs(lightness("plain.png") - srgb_lightness(gray.astype(float))).mean() < 1.0
     assert np.array_equal(lightness("damaged.png"), lightness("plain.png"))
+
+
+def test_a_camera_jpeg_that_names_adobe_rgb_in_exif_is_read_as_adobe_rgb():
+    import pyexiv2
+
+    levels = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
+    plain = encode(np.repeat(levels[..., None], 3, axis=2), "JPEG", quality=100, subsampling=0)
+
+    def with_exif(tags: dict[str, str]) -> bytes:
+        with pyexiv2.ImageData(plain) as img:
+            img.modify_exif(tags)
+            return img.get_bytes()
+
+    # DCF's option colour space, as a camera set to Adobe RGB writes it: no profile, two EXIF tags.
+    adobe = with_exif({"Exif.Photo.ColorSpace": "65535", "Exif.Iop.InteroperabilityIndex": "R03"})
+    srgb = with_exif({"Exif.Photo.ColorSpace": "1", "Exif.Iop.InteroperabilityIndex": "R98"})
+    stored = decode_scan(plain).gray.astype(float)
+    assert np.array_equal(decode_scan(srgb).gray, decode_scan(plain).gray)
+    assert np.abs(decode_scan(adobe).gray - _srgb_of_gamma(stored, ADOBE_GAMMA, 255)).max() <= 1.5
+    assert read_header(adobe, 10**8) is None and read_header(srgb, 10**8) is not None  # converted on the CPU
