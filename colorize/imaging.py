@@ -191,15 +191,26 @@ def _gray_and_preview(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None
     return luma(pixels), small if small.dtype == np.uint8 else (small >> 8).astype(np.uint8)
 
 
-def _pixels(img: Image.Image) -> tuple[np.ndarray, int]:
-    """An upright Pillow image -> ((H, W) gray or (H, W, 3) RGB, alpha on white, as stored; bit depth)."""
+def _pixels(img: Image.Image, samples: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, int]:
+    """An upright Pillow image -> ((H, W) gray or (H, W, 3) RGB, alpha on white, as stored; bit depth).
+
+    ``samples``: a TIFF's (bits per sample, sample format: 1 unsigned, 2 signed), for Pillow's
+    mode ``I``, which holds 32-bit and signed 16-bit samples alike; (0, 0) when not known.
+    """
     mode = img.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
         return np.asarray(img, dtype=np.uint16), 16
     if mode == "I":
-        # 32-bit integer images in the wild are 16-bit scans stored wide; anything beyond is clipped.
-        arr = np.asarray(img, dtype=np.int64)
-        return np.clip(arr, 0, 65535).astype(np.uint16), 16
+        # Pillow's 32-bit signed integers: 16-bit scans stored wide (older Pillows read 16-bit PNGs
+        # so), or a TIFF's 32-bit or signed 16-bit samples, which :func:`_integer_samples` names.
+        arr = np.asarray(img, dtype=np.int32)
+        unsigned32, signed16 = samples == (32, 1), samples == (16, 2)
+        if unsigned32:
+            arr = arr.view(np.uint32)  # Pillow keeps the bits: counts past 2**31 read negative
+        peak = int(arr.max(initial=0))
+        top = 32767 if signed16 else 65535 if peak <= 65535 else (1 << 32) - 1 if unsigned32 else (1 << 31) - 1
+        scaled = np.clip(arr.astype(np.float64), 0, None) * (65535 / top) + 0.5
+        return np.clip(scaled, 0, 65535).astype(np.uint16), 16
     if mode == "F":
         # Float scans come as [0, 1], as Pillow's own [0, 255] (mode L converted), or as 16-bit
         # counts; the largest value says which.
@@ -482,6 +493,20 @@ def _decoded(header: Image.Image, data: bytes) -> tuple[np.ndarray, int]:
     return _pillow_pixels(header)
 
 
+def _integer_samples(header: Image.Image) -> tuple[int, int]:
+    """A TIFF's (bits per sample, sample format) as :func:`_pixels` takes them; (0, 0) for others."""
+    if header.format != "TIFF":
+        return 0, 0
+    return _first(header.tag_v2.get(258), 0), _first(header.tag_v2.get(339), 1)  # BitsPerSample, SampleFormat
+
+
+def _first(value: object, default: int) -> int:
+    """A TIFF tag's first value (Pillow gives per-sample tags as tuples), or ``default``."""
+    if isinstance(value, tuple):
+        value = value[0] if value else default
+    return value if isinstance(value, int) else default
+
+
 def _pillow_pixels(header: Image.Image) -> tuple[np.ndarray, int]:
     """Pillow's decode of an image :func:`_checked` opened, as :func:`_pixels` returns it.
 
@@ -491,7 +516,7 @@ def _pillow_pixels(header: Image.Image) -> tuple[np.ndarray, int]:
     white_is_zero = header.format == "TIFF" and header.mode.startswith("I;16") and header.tag_v2.get(262) == 0
     img = _load_upright(header)
     try:
-        pixels, bit_depth = _pixels(img)
+        pixels, bit_depth = _pixels(img, _integer_samples(header))
     except (OSError, ValueError) as err:
         raise ScanError(f"corrupt image data: {err}") from None
     return (np.invert(pixels) if white_is_zero else pixels), bit_depth

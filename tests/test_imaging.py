@@ -298,3 +298,17 @@ def test_a_48_bit_tiff_stored_plane_by_plane_is_read_as_it_shows():
         assert Image.open(io.BytesIO(data)).tag_v2[284] == (1 if planes == "contig" else 2)
         scan = decode_scan(data)
         assert scan.bit_depth == 16 and np.array_equal(scan.gray, luma(rgb)), planes
+
+
+@pytest.mark.parametrize(
+    ("stored", "scale"),
+    [(np.uint32, 65537), (np.int32, 32768), (np.int16, 0.5), (np.uint32, 1)],
+    ids=["32-bit", "signed-32-bit", "signed-16-bit", "16-bit-stored-wide"],
+)
+def test_32_bit_and_signed_tiffs_are_read_at_their_full_scale(stored, scale):
+    """Pillow holds these as 32-bit signed integers: a full-range 32-bit scan read as 16-bit counts was all white."""
+    import imagecodecs
+
+    gray16 = gray_image(30, 40, dtype=np.uint16)
+    scan = decode_scan(imagecodecs.tiff_encode((gray16.astype(np.float64) * scale).astype(stored)))
+    assert scan.bit_depth == 16 and np.abs(scan.gray.astype(int) - gray16).max() <= 1
