@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.jp2_codec import per_image  # noqa: E402  (the same timing)
 from bench.throughput import JPEG_SIZE, TIFF_SIZE, gray_scan  # noqa: E402
 from colorize import icc  # noqa: E402
-from colorize.imaging import decode_scan  # noqa: E402
+from colorize.imaging import decode_scan, with_png_chunk  # noqa: E402
+from colorize.jpeg_segments import icc_segment, with_app_segments  # noqa: E402
 
 SRGB = imagecodecs.cms_profile("srgb")
 GRAY_22 = imagecodecs.cms_profile("gray", gamma=2.2)
@@ -49,11 +50,11 @@ def with_profile(fmt: str, pixels: np.ndarray, profile: bytes | None) -> bytes:
     data = buf.tobytes()
     if profile is None:
         return data
-    if fmt == "JPEG":  # an APP2 ICC_PROFILE segment after SOI (one: these profiles are small)
-        body = b"ICC_PROFILE\x00\x01\x01" + profile
-        return data[:2] + b"\xff\xe2" + (len(body) + 2).to_bytes(2, "big") + body + data[2:]
-    body = b"iCCP" + b"profile\x00\x00" + zlib.compress(profile)  # PNG: an iCCP chunk after IHDR
-    return data[:33] + len(body[4:]).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big") + data[33:]
+    if fmt == "JPEG":  # an APP2 ICC_PROFILE segment (one: these profiles are small)
+        tagged = with_app_segments(data, [], [icc_segment(profile) or b""])
+        assert tagged is not None
+        return tagged
+    return with_png_chunk(data, b"iCCP", b"profile\x00\x00" + zlib.compress(profile))
 
 
 def main() -> None:

@@ -742,9 +742,17 @@ def with_png_dpi(data: bytes, dpi: tuple[float, float]) -> bytes:
 
     For encoders that take no resolution (OpenCV's). Unchanged when ``data`` has no IHDR chunk first.
     """
+    per_metre = struct.pack(">IIB", *(max(1, round(v / 0.0254)) for v in dpi), 1)  # unit 1: the metre
+    return with_png_chunk(data, b"pHYs", per_metre)
+
+
+def with_png_chunk(data: bytes, kind: bytes, payload: bytes) -> bytes:
+    """A PNG with a chunk of this type (``pHYs``, ``iCCP``, ...) right after its header chunk.
+
+    Unchanged when ``data`` has no IHDR chunk first.
+    """
     if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
         return data
     at = 8 + 8 + int.from_bytes(data[8:12], "big") + 4  # past the IHDR chunk: length, type, data, CRC
-    body = b"pHYs" + struct.pack(">IIB", *(max(1, round(v / 0.0254)) for v in dpi), 1)  # 1: per metre
-    chunk = len(body[4:]).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-    return data[:at] + chunk + data[at:]
+    body = kind + payload
+    return data[:at] + len(payload).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big") + data[at:]

@@ -17,6 +17,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -135,6 +136,13 @@ class Decoded:
     preview: np.ndarray | None  # (h, w, 3) uint8 RGB, long side at most 256, on the host; RGB files only
 
 
+@lru_cache(maxsize=32)
+def _table_on(table: bytes, device: torch.device) -> torch.Tensor:
+    """An 8-bit gray table (``icc.gray_table``'s bytes) on the device, copied once per profile, not per
+    scan: a host-to-device copy waits for the host."""
+    return torch.frombuffer(bytearray(table), dtype=torch.uint8).to(device)
+
+
 def _tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
@@ -181,7 +189,7 @@ class JpegLane:
                     continue  # the decoder disagrees with the header: leave it to the CPU path
                 if mode == "L":
                     tone = headers[i].tone
-                    gray = image[0] if tone is None else torch.tensor(tone, device=self.device)[image[0].int()]
+                    gray = image[0] if tone is None else _table_on(tone.tobytes(), self.device)[image[0].int()]
                     out[i] = Decoded(gray, None)
                 else:
                     out[i] = Decoded(tensor_color.luma(image[None])[0], self._preview(image))

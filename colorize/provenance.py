@@ -64,6 +64,7 @@ UNSIGNED_FORMATS = UNMARKED_FORMATS | {"JPEG2000"}
 # (an editor whose working space is Adobe RGB shows an untagged file as Adobe RGB). A .jp2 file
 # names sRGB in its colour specification box (the encoder's enumerated space), BMP has no place.
 PROFILED_FORMATS = frozenset({"JPEG", "PNG", "TIFF", "WEBP"})
+_SRGB_SEGMENT = icc_segment(SRGB_PROFILE) or b""  # 588 bytes: one APP2 segment holds it
 _NO_IPTC_FORMATS = frozenset({"WEBP"})  # exiv2 (and the format's RIFF chunks) hold no IPTC-IIM
 
 NS = {
@@ -591,8 +592,8 @@ def _embed_plain_jpeg(output: bytes, info: ProvenanceInfo, packet: bytes) -> byt
     canonical form. None when it cannot be done so (see :mod:`colorize.jpeg_segments`).
     """
     tags = {_EXIF_TAG_IDS[key]: value for key, value in _output_exif({}, info, "JPEG").items()}
-    exif, xmp, profile = exif_segment(tags), xmp_segment(packet), icc_segment(SRGB_PROFILE)
-    return with_app_segments(output, [exif, xmp], [profile]) if exif and xmp and profile else None
+    exif, xmp = exif_segment(tags), xmp_segment(packet)
+    return with_app_segments(output, [exif, xmp], [_SRGB_SEGMENT]) if exif and xmp else None
 
 
 def provenance_kind(fmt: str, signed: bool) -> str:

@@ -20,7 +20,7 @@ from PIL import Image, ImageCms
 
 from colorize.color import COLOUR_METHOD
 from colorize.engine import Colorizer
-from colorize.imaging import decode_rgb, decode_scan, embedded_profile
+from colorize.imaging import decode_rgb, decode_scan, embedded_profile, with_png_chunk
 from colorize.jpeg_lane import JpegLane, read_header
 from colorize.manifest import new_run_id
 from colorize.modelfile import load_model
@@ -51,9 +51,7 @@ def _stored(data: bytes) -> np.ndarray:
 
 def _with_iccp(png: bytes, profile: bytes) -> bytes:
     """A PNG (OpenCV's, which writes no profile) with an ``iCCP`` chunk after its header."""
-    body = b"iCCP" + b"scanner profile\x00\x00" + zlib.compress(profile)
-    chunk = len(body[4:]).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-    return png[:33] + chunk + png[33:]
+    return with_png_chunk(png, b"iCCP", b"scanner profile\x00\x00" + zlib.compress(profile))
 
 
 def _jp2_with_icc(pixels: np.ndarray, profile: bytes) -> bytes:
