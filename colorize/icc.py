@@ -9,7 +9,7 @@ as an editor's "Convert to Profile" does. Most tagged files carry sRGB itself: e
 is checked once, and those cost nothing after.
 
 Gray is converted through a table per profile and bit depth (every gray level converted once), so
-a 16-bit 200 MP scan costs one lookup per pixel; RGB pixels are converted whole.
+a 16-bit 200 MP scan costs one lookup per pixel; RGB and CMYK pixels are converted whole.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ _STRIP_ROWS = 256
 # A profile whose conversion moves no value by more than this many 8-bit levels is sRGB's (the
 # compact and vendor copies of sRGB measure 0 or 1 here: rounding in their tables).
 _SAME_LEVELS = 1
+# A PNG's gAMA chunk of 1/2.2 (45455) is what writers of sRGB images put there (the PNG specification
+# asks them to, beside the sRGB chunk, for decoders that know only gAMA; libpng treats it as sRGB's
+# curve): decoding exponents in this range are read as sRGB, not as a pure power.
+_SRGB_EXPONENTS = (2.15, 2.25)
+_BT709_PRIMARIES = (0.64, 0.33, 1.0, 0.30, 0.60, 1.0, 0.15, 0.06, 1.0)  # sRGB's, as (x, y, Y) each
+_D65 = (0.3127, 0.3290, 1.0)
 
 
 class ProfileError(Exception):
@@ -52,6 +58,43 @@ def space(profile: bytes) -> str:
     if len(profile) < 128 or profile[36:40] != b"acsp":
         return ""
     return profile[16:20].decode("latin-1").strip()
+
+
+@lru_cache(maxsize=32)
+def png_gamma_profile(file_gamma: float, chromaticity: tuple[float, ...] | None = None) -> bytes | None:
+    """The RGB profile a PNG's gAMA chunk (and cHRM, when there is one) describes, for a PNG with
+    neither an iCCP nor an sRGB chunk, which take precedence (PNG specification, 11.3.3).
+
+    Args:
+        file_gamma: gAMA's value, e.g. 0.45455, 1.0 for linear light (Pillow's ``info["gamma"]``).
+        chromaticity: cHRM's white point and primaries, (wx, wy, rx, ry, gx, gy, bx, by); None for
+            sRGB's.
+
+    Returns:
+        The profile's bytes (an RGB profile, which :func:`gray_table` also takes for gray pixels);
+        None when the curve is sRGB's (:data:`_SRGB_EXPONENTS`) and the primaries are too, or the
+        gamma is no usable number.
+    """
+    if not 0.01 <= file_gamma <= 100:
+        return None
+    exponent = 1.0 / file_gamma
+    srgb_curve = _SRGB_EXPONENTS[0] <= exponent <= _SRGB_EXPONENTS[1]
+    if srgb_curve and chromaticity is None:
+        return None
+    white, primaries = _D65, _BT709_PRIMARIES
+    if chromaticity is not None and len(chromaticity) == 8 and all(0 < v < 1 for v in chromaticity):
+        wx, wy, rx, ry, gx, gy, bx, by = chromaticity
+        white, primaries = (wx, wy, 1.0), (rx, ry, 1.0, gx, gy, 1.0, bx, by, 1.0)
+    curve = {"transferfunction": _srgb_curve()} if srgb_curve else {"gamma": exponent}
+    return imagecodecs.cms_profile("rgb", whitepoint=white, primaries=primaries, **curve)
+
+
+@lru_cache(maxsize=1)
+def _srgb_curve() -> np.ndarray:
+    """sRGB's decoding curve (IEC 61966-2-1) as a 4096-entry uint16 table: stored value -> linear light."""
+    v = np.linspace(0.0, 1.0, 4096)
+    linear = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    return np.round(linear * 65535).astype(np.uint16)
 
 
 def _wrong_space(kind: str, pixels: str) -> str:
@@ -125,16 +168,21 @@ def to_srgb(pixels: np.ndarray, profile: bytes) -> np.ndarray:
     """A scan's pixels, in the space its embedded profile describes, as sRGB.
 
     Args:
-        pixels: (H, W) gray or (H, W, 3) RGB, uint8 or uint16.
+        pixels: (H, W) gray, (H, W, 3) RGB, uint8 or uint16; or (H, W, 4) CMYK uint8 (0: no ink).
         profile: the ICC profile's bytes.
 
     Returns:
-        The same shape and dtype in sRGB; ``pixels`` itself when the profile is sRGB's.
+        The same shape and dtype in sRGB, (H, W, 3) for CMYK; ``pixels`` itself when the profile
+        is sRGB's.
 
     Raises:
-        ProfileError: damaged, or for pixels of another kind (a CMYK profile, a gray one on RGB).
+        ProfileError: damaged, or for pixels of another kind (a CMYK profile on RGB, a gray one on RGB).
     """
     bit_depth = 8 if pixels.dtype == np.uint8 else 16
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        if space(profile) != "CMYK":
+            raise ProfileError(_wrong_space(space(profile), "CMYK"))
+        return _transform(np.ascontiguousarray(pixels), profile, "cmyk")
     if pixels.ndim == 2:
         table = gray_table(profile, bit_depth)
         if table is None:

@@ -192,7 +192,8 @@ def _gray_and_preview(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None
 
 
 def _pixels(img: Image.Image, samples: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, int]:
-    """An upright Pillow image -> ((H, W) gray or (H, W, 3) RGB, alpha on white, as stored; bit depth).
+    """An upright Pillow image -> ((H, W) gray, (H, W, 3) RGB, alpha on white, or (H, W, 4) CMYK, as
+    stored; bit depth).
 
     ``samples``: a TIFF's (bits per sample, sample format: 1 unsigned, 2 signed), for Pillow's
     mode ``I``, which holds 32-bit and signed 16-bit samples alike; (0, 0) when not known.
@@ -222,8 +223,10 @@ def _pixels(img: Image.Image, samples: tuple[int, int] = (0, 0)) -> tuple[np.nda
         return np.asarray(img.convert("L"), dtype=np.uint8), 8
     if mode in ("1", "L", "LA", "La"):  # a gray level marked transparent (PNG's tRNS) goes on white, as alpha does
         return _on_white(np.asarray(img.convert("LA"), dtype=np.uint8)), 8
+    if mode == "CMYK":  # as stored (Pillow undoes Adobe's inverted CMYK JPEGs): its profile makes it RGB
+        return np.asarray(img, dtype=np.uint8), 8
     if mode != "RGB" or "transparency" in img.info:
-        # P, RGBA, CMYK, YCbCr, LAB, HSV, PA, RGBX, RGBa ...: Pillow's own conversion to RGB(A).
+        # P, RGBA, YCbCr, LAB, HSV, PA, RGBX, RGBa ...: Pillow's own conversion to RGB(A).
         has_alpha = mode.endswith(("A", "a")) or "transparency" in img.info
         has_alpha |= mode == "P" and img.palette is not None and img.palette.mode == "RGBA"
         img = img.convert("RGBA" if has_alpha else "RGB")
@@ -233,8 +236,10 @@ def _pixels(img: Image.Image, samples: tuple[int, int] = (0, 0)) -> tuple[np.nda
 class _Profile:
     """A scan's embedded ICC profile, applied to its pixels as they come decoded (:func:`icc.to_srgb`).
 
-    One that cannot be applied (damaged; for CMYK pixels, which Pillow turns RGB its own way) leaves
-    the pixels as they are, read as sRGB, and :attr:`note` says so for the scan's row.
+    One that cannot be applied (damaged; for other pixels than the scan's) leaves the pixels as they
+    are, read as sRGB, and :attr:`note` says so for the scan's row. CMYK pixels without a profile
+    that applies are made RGB by Pillow's conversion, which knows no inks (a profile's 50% black
+    prints darker than its 50% gray).
     """
 
     def __init__(self, profile: bytes | None) -> None:
@@ -242,19 +247,26 @@ class _Profile:
         self.note = ""
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        if self.profile is None:
-            return pixels
-        try:
-            return icc.to_srgb(pixels, self.profile)
-        except icc.ProfileError as err:
-            self.note = f"{err}; the pixels were read as sRGB"
-            return pixels
+        """(H, W) gray, (H, W, 3) RGB or (H, W, 4) CMYK as stored -> gray or RGB in sRGB, same dtype."""
+        if self.profile is not None:
+            try:
+                return icc.to_srgb(pixels, self.profile)
+            except icc.ProfileError as err:
+                read = "CMYK pixels were made RGB without it" if _is_cmyk(pixels) else "pixels were read as sRGB"
+                self.note = f"{err}; the {read}"
+        return np.asarray(Image.fromarray(pixels, "CMYK").convert("RGB")) if _is_cmyk(pixels) else pixels
+
+
+def _is_cmyk(pixels: np.ndarray) -> bool:
+    return pixels.ndim == 3 and pixels.shape[2] == 4
 
 
 def embedded_profile(img: Image.Image, data: bytes) -> bytes | None:
     """The ICC profile a scan's pixels are in, or None (sRGB): Pillow reads JPEG's, PNG's, TIFF's and
-    WebP's; a .jp2 file's is in its colour specification box (:func:`_jp2_icc_box`). A camera's JPEG
-    in Adobe RGB names it in EXIF instead (:func:`_dcf_adobe_rgb`)."""
+    WebP's; a .jp2 file's is in its colour specification box (:func:`_jp2_icc_box`). A PNG without
+    one may give its tone curve in a gAMA chunk (a linear scan: 1.0), which is made a profile
+    (:func:`icc.png_gamma_profile`). A camera's JPEG in Adobe RGB names it in EXIF instead
+    (:func:`_dcf_adobe_rgb`)."""
     if img.format == "JPEG2000":
         if (box := _jp2_icc_box(data)) is None:
             return None
@@ -262,6 +274,9 @@ def embedded_profile(img: Image.Image, data: bytes) -> bytes | None:
         return data[at + 11 : at + size] or None
     if profile := img.info.get("icc_profile"):
         return profile
+    if img.format == "PNG" and "srgb" not in img.info and isinstance(gamma := img.info.get("gamma"), float):
+        chromaticity = img.info.get("chromaticity")
+        return icc.png_gamma_profile(gamma, tuple(chromaticity) if chromaticity else None)
     return icc.ADOBE_RGB_PROFILE if _dcf_adobe_rgb(img) else None
 
 

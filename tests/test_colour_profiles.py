@@ -8,6 +8,7 @@ binding of LittleCMS, not from the code under test.
 from __future__ import annotations
 
 import io
+import struct
 import zlib
 from pathlib import Path
 
@@ -52,6 +53,53 @@ def _stored(data: bytes) -> np.ndarray:
 def _with_iccp(png: bytes, profile: bytes) -> bytes:
     """A PNG (OpenCV's, which writes no profile) with an ``iCCP`` chunk after its header."""
     return with_png_chunk(png, b"iCCP", b"scanner profile\x00\x00" + zlib.compress(profile))
+
+
+def _s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def _cmyk_print_profile() -> bytes:
+    """A CMYK print profile (ICC v2, output class, Lab connection space) with one lut8 A2B0 tag.
+
+    Each ink's coverage gains as ``v ** 0.6`` (dot gain: half the black ink prints as 66% black);
+    lightness is the product of what each ink leaves; cyan turns the colour blue-green, magenta red,
+    yellow yellow. Built here because no CMYK profile comes with the libraries.
+    """
+    gain = np.round(255 * (np.arange(256) / 255) ** 0.6).astype(np.uint8).tobytes()
+    clut = bytearray()
+    for c, m, y, k in np.ndindex(2, 2, 2, 2):  # the grid's corners, the last input varying fastest
+        lightness = (1 - k) * (1 - 0.25 * c) * (1 - 0.25 * m) * (1 - 0.1 * y)
+        clut += bytes([round(255 * lightness), 128 + 40 * m - 30 * c, 128 + 60 * y - 40 * c])
+    identity = b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    lut = b"mft1" + bytes(4) + bytes([4, 3, 2, 0]) + identity + gain * 4 + bytes(clut) + bytes(range(256)) * 3
+    d50 = _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+    tags = [(b"A2B0", lut), (b"wtpt", b"XYZ " + bytes(4) + d50)]
+    at, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, data in tags:
+        table += signature + struct.pack(">II", at + len(body), len(data))
+        body += data + bytes(-len(data) % 4)
+    header = (struct.pack(">I", at + len(body)) + b"none" + bytes([2, 0x10, 0, 0]) + b"prtrCMYKLab " + bytes(12)
+              + b"acsp" + bytes(28) + d50 + bytes(48))  # fmt: skip
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+CMYK_PRINT = _cmyk_print_profile()
+
+
+def _cmyk_file(ink: np.ndarray, fmt: str, **options: object) -> bytes:
+    """(H, W, 4) uint8 ink coverage (0: none) -> a CMYK file's bytes, by Pillow."""
+    buf = io.BytesIO()
+    Image.frombytes("CMYK", (ink.shape[1], ink.shape[0]), ink.tobytes()).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def _with_gama(png: bytes, file_gamma: float, chromaticity: tuple[float, ...] | None = None) -> bytes:
+    """A PNG with a gAMA chunk (and cHRM: white point and primaries, x, y each) but no profile."""
+    data = with_png_chunk(png, b"gAMA", struct.pack(">I", round(file_gamma * 100000)))
+    if chromaticity is not None:
+        data = with_png_chunk(data, b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in chromaticity)))
+    return data
 
 
 def _jp2_with_icc(pixels: np.ndarray, profile: bytes) -> bytes:
@@ -129,6 +177,68 @@ def test_a_profile_that_cannot_be_applied_is_said_and_the_pixels_read_as_srgb():
     assert embedded_profile(Image.open(io.BytesIO(encode(gray, "PNG"))), b"") is None
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_a_cmyk_scan_is_read_through_its_print_profile(fmt):
+    ink = np.zeros((40, 256, 4), np.uint8)
+    ink[..., 3] = np.arange(256)  # black ink alone, from none to full: a gray scan kept in CMYK
+    ink[:20, :64, 0] = 200  # and a cyan corner
+    data = _cmyk_file(ink, fmt, icc_profile=CMYK_PRINT, **({"quality": 100} if fmt == "JPEG" else {}))
+    stored = Image.open(io.BytesIO(data))
+    reference = np.asarray(ImageCms.profileToProfile(
+        stored, io.BytesIO(CMYK_PRINT), ImageCms.createProfile("sRGB"),
+        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB",
+    )).astype(int)  # fmt: skip
+    scan = decode_scan(data)
+    assert scan.mode == "CMYK" and scan.note == ""
+    assert np.abs(scan.gray - cv2.cvtColor(reference.astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(int)).max() <= 1
+    assert np.abs(decode_rgb(data) - reference).max() <= 1  # training pairs' colour too
+    # The dot gain prints half the black ink darker than the half gray Pillow's plain conversion makes.
+    assert reference[30, 128, 0] < 90 < np.asarray(stored.convert("RGB"))[30, 128, 0]
+    assert reference[5, 10, 2] > reference[5, 10, 0] + 20  # the cyan corner stays blue-green
+
+
+def test_a_cmyk_scan_with_a_profile_for_other_pixels_is_converted_without_it():
+    ink = np.zeros((30, 40, 4), np.uint8)
+    ink[..., 3] = 128
+    data = _cmyk_file(ink, "TIFF", icc_profile=ADOBE_RGB)
+    scan = decode_scan(data)
+    assert np.array_equal(scan.gray, np.asarray(Image.open(io.BytesIO(data)).convert("L")))
+    assert scan.note == (
+        "its embedded ICC profile is for RGB pixels, not CMYK ones: not applied; "
+        "the CMYK pixels were made RGB without it"
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_png_in_linear_light_is_read_by_its_gama_chunk(dtype):
+    pixels = gray_image(60, 80, seed=5, dtype=dtype)
+    top = 255 if dtype == np.uint8 else 65535
+    plain = encode(pixels, "PNG")
+    scan = decode_scan(_with_gama(plain, 1.0))  # a scanner's linear PNG: gAMA 1.0 and no profile
+    assert scan.note == "" and scan.gray.dtype == dtype
+    assert np.abs(scan.gray - _srgb_of_gamma(pixels, 1.0, top)).max() <= top / 255
+    # Precedence (PNG 11.3.3): an iCCP chunk, then an sRGB chunk, then gAMA.
+    assert np.array_equal(decode_scan(_with_gama(with_png_chunk(plain, b"sRGB", b"\x00"), 1.0)).gray, pixels)
+    tagged = decode_scan(_with_gama(encode(pixels, "PNG", icc_profile=GRAY_18), 1.0))
+    assert np.abs(tagged.gray - _srgb_of_gamma(pixels, 1.8, top)).max() <= top / 255
+
+
+def test_a_png_whose_gama_is_srgbs_reads_as_srgb_unless_its_primaries_differ():
+    gray, rgb = gray_image(50, 70, seed=7), np.ascontiguousarray(colour_image(50, 70, seed=8) // 2 + 64)
+    for pixels in (gray, rgb):  # 1/2.2, as writers of sRGB images put it: sRGB's curve, not a pure power
+        plain = decode_scan(encode(pixels, "PNG"))
+        assert np.array_equal(decode_scan(_with_gama(encode(pixels, "PNG"), 0.45455)).gray, plain.gray)
+    srgb_white_and_primaries = (0.3127, 0.3290, 0.64, 0.33, 0.30, 0.60, 0.15, 0.06)
+    same = decode_rgb(_with_gama(encode(rgb, "PNG"), 0.45455, srgb_white_and_primaries))
+    assert np.array_equal(same, rgb)
+    # Adobe RGB's primaries in cHRM: read as Adobe RGB is (its pure 2.2 power differs from sRGB's
+    # curve by a level or two in these mid tones), not as sRGB.
+    adobe_white_and_primaries = (0.3127, 0.3290, 0.64, 0.33, 0.21, 0.71, 0.15, 0.06)
+    wide = decode_rgb(_with_gama(encode(rgb, "PNG"), 0.45455, adobe_white_and_primaries)).astype(int)
+    assert np.abs(wide - rgb).max() > 20
+    assert np.abs(wide - decode_rgb(encode(rgb, "PNG", icc_profile=ADOBE_RGB))).mean() < 2
+
+
 def test_the_jpeg_lane_applies_a_gray_profile_as_the_cpu_does_and_leaves_rgb_profiles_to_it():
     gray_tagged = encode(gray_image(70, 90, seed=3), "JPEG", quality=95, icc_profile=GRAY_18)
     header = read_header(gray_tagged, 10**8)
@@ -148,6 +258,7 @@ def test_a_tagged_scans_output_has_the_tones_the_scan_shows(tmp_path: Path, tiny
     write(src / "gamma18.png", encode(gray, "PNG", icc_profile=GRAY_18))
     write(src / "plain.png", encode(gray, "PNG"))
     write(src / "damaged.png", encode(gray, "PNG", icc_profile=b"\x01" * 300))
+    write(src / "linear.png", _with_gama(encode(gray, "PNG"), 1.0))
     loaded = load_model(str(tiny_model))
     opts = RunOptions(run_id=new_run_id(), source=str(src), dest=str(tmp_path / "out"), model=str(tiny_model),
                       model_id=loaded.model_id)  # fmt: skip
@@ -170,6 +281,7 @@ def test_a_tagged_scans_output_has_the_tones_the_scan_shows(tmp_path: Path, tiny
     # The output keeps the scan's lightness as shown (Gray Gamma 1.8's, in sRGB), not its stored values'.
     assert np.abs(lightness("gamma18.png") - srgb_lightness(_srgb_of_gamma(gray, 1.8, 255))).mean() < 1.0
     assert np.abs(lightness("plain.png") - srgb_lightness(gray.astype(float))).mean() < 1.0
+    assert np.abs(lightness("linear.png") - srgb_lightness(_srgb_of_gamma(gray, 1.0, 255))).mean() < 1.0
     assert np.array_equal(lightness("damaged.png"), lightness("plain.png"))
 
 
