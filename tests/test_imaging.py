@@ -300,6 +300,25 @@ def test_a_48_bit_tiff_stored_plane_by_plane_is_read_as_it_shows():
         assert scan.bit_depth == 16 and np.array_equal(scan.gray, luma(rgb)), planes
 
 
+def test_a_64_bit_rgbi_tiffs_infrared_sample_is_not_taken_for_alpha():
+    """A film scanner's RGB + infrared master (SilverFast's HDRi): the fourth sample is no alpha."""
+    import tifffile
+
+    from colorize.color import luma
+
+    rgb = np.dstack([gray_image(30, 40, seed=s, dtype=np.uint16) for s in range(3)])
+    infrared = np.full((30, 40), 20000, np.uint16)  # dust shows dark in it; it says nothing of opacity
+    for samples, kind in (("unspecified", "infrared"), ("unassalpha", "alpha")):
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, np.dstack([rgb, infrared]), photometric="rgb", extrasamples=[samples])
+        scan = decode_scan(buf.getvalue())
+        assert scan.bit_depth == 16
+        if kind == "infrared":
+            assert np.array_equal(scan.gray, luma(rgb))
+        else:  # real alpha still goes on white: a third opaque here, so lighter than the pixels
+            assert (scan.gray.astype(int) >= luma(rgb)).all() and scan.gray.mean() > luma(rgb).mean() + 5000
+
+
 @pytest.mark.parametrize(
     ("stored", "scale"),
     [(np.uint32, 65537), (np.int32, 32768), (np.int16, 0.5), (np.uint32, 1)],
