@@ -35,6 +35,7 @@ from colorize.jpeg_lane import Decoded, JpegHeader, JpegLane, read_header
 from colorize.manifest import ManifestRow, done_reason, format_mtime
 from colorize.plan import RunOptions, WorkItem, done_row
 from colorize.provenance import (
+    UNMARKED_FORMATS,
     XMP_C2PA,
     ProvenanceInfo,
     SourceMetadata,
@@ -210,19 +211,30 @@ class ShardProcessor:
     def _adopt(
         self, item: WorkItem, scan: Scan | JpegHeader, sha: str, meta: SourceMetadata, started: float
     ) -> ManifestRow | None:
-        """The ``skipped_done`` row of an output no record names that this scan and this model made.
+        """The row of a file at the output's path that no record names: ``skipped_done`` for an output
+        this scan and this model made, ``failed`` for a file this software did not make (a person's
+        own colour version, say), which is never replaced unless ``--force``; None to make it again.
 
         Writes are atomic, so an output there is whole; its XMP says from which scan (sha256), by which
         model (sha256) and how (colour method). A signing run makes its outputs again: the one
-        found may be unsigned.
+        found may be unsigned. A BMP holds no XMP, so whose it is cannot be told: it is made again.
         """
-        if not item.adopt or self.signing_key is not None or not self.model_sha256:
+        if not item.adopt:
             return None
         try:
             data = self.dest.read_bytes(item.output_key)
         except FileNotFoundError:
             return None
         made = recorded_in(data)
+        if not (made.get("run_id") or made.get("source_sha256")) and item.output_format not in UNMARKED_FORMATS:
+            reason = (
+                f"not written: {self.dest.uri_for(item.output_key)} is already there, and neither the ledger "
+                "nor its metadata says archive-colorize made it; move it away, or pass --force to replace it"
+            )
+            fields = self._scan_fields(scan, sha)
+            return self._row(item, "failed", reason, seconds=time.perf_counter() - started, **fields)
+        if self.signing_key is not None or not self.model_sha256:
+            return None
         if (made.get("source_sha256"), made.get("model_sha256"), made.get("colour_method")) != (
             sha, self.model_sha256, COLOUR_METHOD
         ):  # fmt: skip

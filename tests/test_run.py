@@ -23,6 +23,7 @@ from colorize.imaging import decode_scan
 from colorize.lease import LEASE_KEY, DestinationBusyError, DestinationLease
 from colorize.manifest import COLUMNS
 from colorize.modelfile import load_model
+from colorize.provenance_read import recorded_in
 from colorize.storage import open_storage
 from colorize.storage.local import TEMP_DIR, TEMP_PREFIX
 from tests.helpers import encode, gray_image, make_archive, write
@@ -472,6 +473,20 @@ def test_outputs_no_record_names_are_kept_when_this_scan_and_model_made_them(run
         assert (dest / name).read_bytes() == made[name]
     assert rows["c.bmp"].status == "colorized"  # a BMP says nothing about itself: made again
 
+    # A file this software did not make (a person's own colour version) is never replaced unasked.
+    write(src / "d.jpg", encode(gray_image(40, 50, seed=7), "JPEG"))
+    theirs = write(dest / "d.jpg", encode(np.full((40, 50, 3), (40, 60, 200), np.uint8), "JPEG")).read_bytes()
+    rows = _by_key(_manifest(dest, run(src, dest, tiny_model).run_id), src)
+    assert rows["d.jpg"].status == "failed" and (dest / "d.jpg").read_bytes() == theirs
+    assert rows["d.jpg"].reason == (
+        f"not written: {dest / 'd.jpg'} is already there, and neither the ledger nor its metadata says "
+        "archive-colorize made it; move it away, or pass --force to replace it"
+    )
+    assert _by_key(_manifest(dest, run(src, dest, tiny_model, force=True).run_id), src)["d.jpg"].status == "colorized"
+    assert recorded_in((dest / "d.jpg").read_bytes())["source_sha256"]
+    (src / "d.jpg").unlink()
+    (dest / "d.jpg").unlink()
+
     # A changed scan, another model, or --force: made again.
     write(src / "a.jpg", encode(gray_image(40, 50, seed=99), "JPEG"))
     forget()
@@ -480,6 +495,18 @@ def test_outputs_no_record_names_are_kept_when_this_scan_and_model_made_them(run
     assert run(src, dest, other_model).counts == {"colorized": 3}
     forget()
     assert run(src, dest, other_model, force=True).counts == {"colorized": 3}
+
+
+def test_a_link_in_the_destination_never_leads_an_output_onto_a_scan(run, tmp_path, tiny_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    master = write(src / "box0" / "a.png", encode(gray_image(40, 50), "PNG")).read_bytes()
+    write(src / "box1" / "b.png", encode(gray_image(40, 50, seed=2), "PNG"))
+    dest.mkdir()
+    (dest / "box0").symlink_to(src / "box0")
+    rows = _by_key(_manifest(dest, run(src, dest, tiny_model).run_id), src)
+    assert (src / "box0" / "a.png").read_bytes() == master
+    assert rows["box0/a.png"].status == "failed" and "leads out of" in rows["box0/a.png"].reason
+    assert rows["box1/b.png"].status == "colorized"
 
 
 def test_a_run_on_a_destination_another_run_holds_stops_before_writing_anything(run, tmp_path, tiny_model, cli_env):

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from colorize.host import HOST, this_process
-from colorize.storage import UnsafeKeyError, check_key, open_storage
+from colorize.storage import StorageError, UnsafeKeyError, check_key, open_storage
 from colorize.storage.local import TEMP_DIR, TEMP_PREFIX
 
 
@@ -33,6 +33,20 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
     assert not (tmp_path.parent / "outside.jpg").exists()
 
 
+def test_a_folder_link_inside_the_root_is_not_written_through(tmp_path):
+    scans, dest = tmp_path / "scans", tmp_path / "dest"
+    (scans / "box0").mkdir(parents=True)
+    (scans / "box0" / "a.jpg").write_bytes(b"the master")
+    dest.mkdir()
+    (dest / "box0").symlink_to(scans / "box0")  # e.g. made to "see the scans beside their outputs"
+    store = open_storage(str(dest))
+    with pytest.raises(UnsafeKeyError, match=f"{dest / 'box0'} leads out of {dest}, to {scans / 'box0'}"):
+        store.write_bytes("box0/a.jpg", b"an output")
+    assert (scans / "box0" / "a.jpg").read_bytes() == b"the master"
+    store.write_bytes("box1/a.jpg", b"an output")  # real folders are written as ever
+    assert (dest / "box1" / "a.jpg").read_bytes() == b"an output"
+
+
 def test_a_failed_write_keeps_the_old_object(tmp_path, monkeypatch):
     store = open_storage(str(tmp_path))
     store.write_bytes("x.bin", b"old")
@@ -41,7 +55,8 @@ def test_a_failed_write_keeps_the_old_object(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(OSError, match="No space"):
+    # A full disk is the destination's fault, not the file's: it stops the run (StorageError).
+    with pytest.raises(StorageError, match=f"cannot write to {tmp_path}: No space left on device"):
         store.write_bytes("x.bin", b"new, never complete")
     assert (tmp_path / "x.bin").read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == [TEMP_DIR, "x.bin"] and not os.listdir(tmp_path / TEMP_DIR)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from colorize.host import HOST, process_alive, this_process
-from colorize.storage import NoSuchFolderError, ObjectInfo, StorageError, check_key
+from colorize.storage import NoSuchFolderError, ObjectInfo, StorageError, UnsafeKeyError, check_key
 
 # Temporary files start with this, so that a listing (and a rerun after a kill) never takes one
 # for a scan or an output.
@@ -26,6 +26,8 @@ TEMP_DIR = ".colorize-tmp"
 # A temp file not claimed by a live process of this host is left this long before removal (a
 # writer on another host sharing the folder, over NFS say, cannot be asked whether it lives).
 _FOREIGN_TEMP_SECONDS = 24 * 3600
+# Write faults of the destination itself, not of one file: full, over quota, read-only, failing.
+_FAULTS_OF_THE_DISK = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 class LocalStorage:
@@ -141,15 +143,31 @@ class LocalStorage:
             yield path  # closing the file releases the lock
 
     def _put(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.root / TEMP_DIR
-        staging.mkdir(exist_ok=True)
         try:
-            _write_atomically(path, data, staging)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_inside(path.parent)
+            staging = self.root / TEMP_DIR
+            staging.mkdir(exist_ok=True)
+            try:
+                _write_atomically(path, data, staging)
+            except OSError as err:
+                if err.errno != errno.EXDEV:
+                    raise
+                _write_atomically(path, data, path.parent)  # another filesystem mounted inside the root
         except OSError as err:
-            if err.errno != errno.EXDEV:
-                raise
-            _write_atomically(path, data, path.parent)  # another filesystem mounted inside the root
+            if err.errno in _FAULTS_OF_THE_DISK:  # every write after this one would fail alike
+                raise StorageError(f"cannot write to {self.root}: {err.strerror}") from None
+            raise
+
+    def _check_inside(self, folder: Path) -> None:
+        """Refuse a folder that a link inside the root takes elsewhere: into the scans' own folder, say,
+        where the output would replace its scan."""
+        real = Path(os.path.realpath(folder))
+        if not real.is_relative_to(self.root):
+            raise UnsafeKeyError(
+                f"not written: {folder} leads out of {self.root}, to {real} (a link to a folder); "
+                "outputs are written only inside the destination"
+            )
 
     def sweep_temp(self) -> int:
         """Remove temp files that killed writers left; return how many.
