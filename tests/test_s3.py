@@ -477,6 +477,7 @@ def test_s3_to_s3_with_a_model_in_s3_then_a_rerun_that_skips_by_etag(run, s3, tm
     # one's own, carries no secret key, and stops working when it expires.
     link = second.report_url
     assert link.startswith("http") and f"reports/{second.run_id}.html" in link and SECRET not in link
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in link  # SigV4: AWS refuses SigV2 links on newer buckets
     with urllib.request.urlopen(link, timeout=30) as response:
         assert b"<html" in response.read(2000).lower()
 

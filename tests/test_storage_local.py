@@ -21,6 +21,14 @@ def test_keys_that_could_escape_are_refused(key):
         check_key(key)
 
 
+@pytest.mark.parametrize("uri", ["S3://colour/typo", "s3:/colour/typo", "gs://bucket/x", "https://host/x"])
+def test_a_mistyped_or_foreign_uri_is_refused_not_made_a_local_folder(tmp_path, monkeypatch, uri):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError, match="this tool does not read: give s3://bucket/prefix"):
+        open_storage(uri)
+    assert not os.listdir(tmp_path)
+
+
 def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path):
     store = open_storage(str(tmp_path))
     store.write_bytes("a/b/c.jpg", b"one")

@@ -163,8 +163,23 @@ def is_hidden(key: str) -> bool:
     return any(part.startswith(".") and part not in (".", "..") for part in key.split("/"))
 
 
+# A scheme (RFC 3986: a letter, then letters, digits, +, - or .), two letters at least so that a
+# drive letter is not one, then ":/".
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
+
+
 def open_storage(uri: str, endpoint_url: str | None = None) -> Storage:
-    """The storage for ``uri``: ``s3://bucket/prefix``, ``file:///path`` or a plain path."""
+    """The storage for ``uri``: ``s3://bucket/prefix``, ``file:///path`` or a plain path.
+
+    Raises:
+        StorageError: a URI of another scheme, or one of these mistyped (``S3://``, ``s3:/``), which
+            as a path would have made a local folder of that name and written there.
+    """
+    if (scheme := _SCHEME.match(uri)) and not uri.startswith(("s3://", "file://")):
+        raise StorageError(
+            f"{uri!r} is a URI ({scheme[1]}:) this tool does not read: give s3://bucket/prefix (in lower "
+            "case, two slashes), file:///path, or a plain path"
+        )
     if uri.startswith("s3://"):
         from colorize.storage.s3 import S3Storage  # boto3 is imported only for S3 URIs
 

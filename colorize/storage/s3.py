@@ -107,6 +107,9 @@ def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Config:
         read_timeout=60,
         # Two thread pools of up to 8 (process.io_workers) share one client, plus upload parts.
         max_pool_connections=32,
+        # botocore presigns with SigV2 in some regions (us-east-1 among them), which AWS refuses on
+        # buckets made since 2020; the report's link must be SigV4, as every request already is.
+        signature_version="s3v4",
     )
 
 
