@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import struct
 import warnings
 import zlib
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import cv2
 import imagecodecs
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.ExifTags import IFD
 
@@ -513,6 +515,40 @@ def _decoded(header: Image.Image, data: bytes) -> tuple[np.ndarray, int]:
     return _pillow_pixels(header)
 
 
+# libjpeg-turbo's warnings that part of a JPEG's picture is missing or garbage: data cut short (and
+# an end marker after it), zeroed or damaged bytes. Pillow decodes through them in silence, filling
+# the rest with gray; viewers show it broken. Others (a bad ICC marker, an unknown JFIF revision)
+# leave the picture whole.
+_DAMAGED_JPEG = ("premature end", "bad huffman code", "bad arithmetic code", "instead of rst")
+# "N extraneous bytes before marker": the picture was complete N bytes before its data ended. A few
+# are an encoder's padding; thousands are damaged data (zeroed bytes decode as short codes) read as
+# a picture that ends early.
+_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes")
+_PADDING_BYTES = 64
+
+
+def _check_jpeg_data(header: Image.Image, data: bytes) -> None:
+    """Raise :class:`ScanError` when a JPEG's compressed data is damaged (:data:`_DAMAGED_JPEG`).
+
+    Decoded again by libjpeg-turbo (simplejpeg), which reports what Pillow's decoder does not, at
+    1/8 scale: all of the entropy decoding, where damage shows, for about 80% of a full decode's
+    time (7.5 ms for a 3 MP scan here). Not done in the GPU's JPEG lane.
+    """
+    if header.format not in ("JPEG", "MPO"):
+        return
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, min_height=1, min_width=1)
+    except ValueError as err:
+        extraneous = _EXTRANEOUS.search(str(err))
+        if any(sign in str(err).lower() for sign in _DAMAGED_JPEG) or (
+            extraneous and int(extraneous[1]) > _PADDING_BYTES
+        ):
+            raise ScanError(
+                f"corrupt image data: the JPEG's compressed data is damaged or cut short, so part of the "
+                f"picture is missing ({err})"
+            ) from None
+
+
 def _integer_samples(header: Image.Image) -> tuple[int, int]:
     """A TIFF's (bits per sample, sample format) as :func:`_pixels` takes them; (0, 0) for others."""
     if header.format != "TIFF":
@@ -562,6 +598,7 @@ def decode_scan(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
         fmt, pages, mode, dpi, note = _describe(header)
     srgb = _Profile(embedded_profile(header, data))
     pixels, bit_depth = _decoded(header, data)
+    _check_jpeg_data(header, data)
     gray, preview = _gray_and_preview(srgb(pixels))
     return Scan(gray, preview, mode, bit_depth, fmt, pages, dpi, "; ".join(n for n in (note, srgb.note) if n))
 
@@ -576,6 +613,7 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     header = _checked(data, max_pixels)
     srgb = _Profile(embedded_profile(header, data))
     pixels = srgb(_pillow_pixels(header)[0])
+    _check_jpeg_data(header, data)
     if srgb.note:
         log.warning("%s", srgb.note)
     if pixels.ndim == 3:

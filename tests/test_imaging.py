@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorize.imaging import ScanError, decode_scan, encode_image, output_format, output_key
+from colorize.imaging import ScanError, decode_rgb, decode_scan, encode_image, output_format, output_key
 from tests.helpers import colour_image, encode, gray_image
 
 GRAY = gray_image(60, 80)
@@ -120,6 +120,25 @@ def test_pixel_limit_is_checked_before_decoding():
 def test_bad_files_get_specific_reasons(data, reason):
     with pytest.raises(ScanError, match=reason):
         decode_scan(data)
+
+
+def _noise_jpeg() -> bytes:
+    return encode(np.random.default_rng(1).normal(128, 40, (600, 800)).clip(0, 255).astype(np.uint8), "JPEG")
+
+
+def test_a_jpeg_whose_data_is_damaged_is_refused_though_pillow_decodes_it():
+    whole = _noise_jpeg()
+    cut_with_end = whole[: len(whole) // 2] + b"\xff\xd9"  # a copy cut short, its end marker added back
+    zeroed = bytearray(whole)
+    zeroed[len(zeroed) // 2 : len(zeroed) // 2 + 20000] = bytes(20000)  # a bad sector's worth of zeros
+    for damaged in (cut_with_end, bytes(zeroed)):
+        Image.open(io.BytesIO(damaged)).load()  # Pillow says nothing: the rest of the picture is gray
+        with pytest.raises(ScanError, match="corrupt image data: the JPEG's compressed data is damaged or cut short"):
+            decode_scan(damaged)
+        with pytest.raises(ScanError, match="damaged or cut short"):
+            decode_rgb(damaged)  # nor is it a training photo
+    padded = whole[:-2] + bytes(10) + b"\xff\xd9"  # an encoder's few bytes of padding: whole
+    assert decode_scan(padded).gray.shape == (600, 800)
 
 
 def test_outputs_keep_format_bit_depth_and_dpi():
