@@ -150,6 +150,8 @@ def dpi_of(img: Image.Image) -> tuple[float, float] | None:
         exif = img.getexif()
         if 0x011A not in exif or 0x011B not in exif:  # XResolution, YResolution
             return None
+    if img.format == "TIFF" and (282 not in img.tag_v2 or 283 not in img.tag_v2):
+        return None  # Pillow reports 1 dpi for a TIFF without resolution tags: made up too
     try:
         x, y = float(dpi[0]), float(dpi[1])
     except (TypeError, ValueError, IndexError):

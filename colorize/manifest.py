@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from colorize.host import HOST
-from colorize.storage import Storage
+from colorize.storage import Storage, StorageError
 
 LEDGER_KEY = "manifest.csv"
 RUNS_PREFIX = "manifests/"
@@ -117,13 +117,43 @@ def read_csv(storage: Storage, key: str) -> pd.DataFrame:
         data = storage.read_bytes(key)
     except FileNotFoundError:
         return empty_frame()
-    frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    where = storage.uri_for(key)
+    try:
+        frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{where} cannot be read as a manifest: {err}; {_RESTORE}") from None
+    # Columns added since a manifest was written are filled in empty; these it always had.
+    if missing := [c for c in ("run_id", "source_uri", "status") if c not in frame]:
+        header = ",".join(map(str, frame.columns))[:120]
+        raise ManifestError(
+            f"{where} is not a manifest this tool wrote: it has no {', '.join(missing)} column (its header: "
+            f"{header!r}; re-saved by a spreadsheet with another separator?); {_RESTORE}"
+        )
+    if len(bad := frame[~frame["status"].isin(STATUSES)]):
+        row = int(bad.index[0]) + 2  # the header is line 1
+        raise ManifestError(
+            f"{where} is damaged: line {row} has the status {bad['status'].iloc[0]!r}, not one of "
+            f"{', '.join(STATUSES)} (cut short, or edited by hand?); {_RESTORE}"
+        )
     for column in COLUMNS:
         if column not in frame:
             frame[column] = ""
     for column, dtype in _DTYPES.items():
-        frame[column] = pd.to_numeric(frame[column].replace("", "0")).astype(dtype)
+        try:
+            frame[column] = pd.to_numeric(frame[column].replace("", "0")).astype(dtype)
+        except ValueError as err:
+            raise ManifestError(f"{where} is damaged: its {column} column holds {err}; {_RESTORE}") from None
     return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
+
+
+class ManifestError(StorageError):
+    """A manifest that cannot be read as one: the run stops rather than rewrite it, losing its history."""
+
+
+_RESTORE = (
+    "the run stops rather than rewrite it; restore it from a backup, or move it away (a run without "
+    "a ledger takes each output it finds whole, by its metadata, as done)"
+)
 
 
 def write_csv(storage: Storage, key: str, frame: pd.DataFrame) -> None:

@@ -141,6 +141,13 @@ def test_a_jpeg_whose_data_is_damaged_is_refused_though_pillow_decodes_it():
     assert decode_scan(padded).gray.shape == (600, 800)
 
 
+def test_a_tiff_without_resolution_tags_records_no_resolution():
+    plain = encode(GRAY, "TIFF")
+    assert Image.open(io.BytesIO(plain)).info.get("dpi") == (1, 1)  # Pillow's, made up
+    assert decode_scan(plain).dpi is None
+    assert decode_scan(encode(GRAY, "TIFF", dpi=(600, 600))).dpi == (600, 600)
+
+
 def test_outputs_keep_format_bit_depth_and_dpi():
     rgb = colour_image(30, 40)
     for fmt in ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "JPEG2000"):

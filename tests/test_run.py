@@ -497,6 +497,29 @@ def test_outputs_no_record_names_are_kept_when_this_scan_and_model_made_them(run
     assert run(src, dest, other_model, force=True).counts == {"colorized": 3}
 
 
+def test_a_ledger_that_is_no_longer_one_stops_the_run_and_is_left_as_it_is(run, tmp_path, tiny_model):
+    import csv
+
+    from colorize.manifest import ManifestError
+
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    write(src / "a.png", encode(gray_image(40, 50), "PNG"))
+    run(src, dest, tiny_model)
+    ledger = dest / "manifest.csv"
+    good = ledger.read_bytes()
+    with open(ledger, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    with open(ledger, "w", newline="", encoding="utf-8") as f:  # re-saved as a European spreadsheet does
+        csv.writer(f, delimiter=";").writerows(rows)
+    resaved = ledger.read_bytes()
+    with pytest.raises(ManifestError, match="is not a manifest this tool wrote: it has no run_id, source_uri, status"):
+        run(src, dest, tiny_model)
+    assert ledger.read_bytes() == resaved  # its history is not rewritten into one junk row
+    ledger.write_bytes(good[: good.rindex(b",colorized,") + 4])  # cut short mid-row
+    with pytest.raises(ManifestError, match="is damaged: line 2 has the status 'col'"):
+        run(src, dest, tiny_model)
+
+
 def test_a_link_in_the_destination_never_leads_an_output_onto_a_scan(run, tmp_path, tiny_model):
     src, dest = tmp_path / "scans", tmp_path / "colour"
     master = write(src / "box0" / "a.png", encode(gray_image(40, 50), "PNG")).read_bytes()
