@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from threading import Barrier
 
@@ -129,6 +131,25 @@ def test_a_registry_inside_the_folder_of_photos_gives_it_no_pairs(tmp_path):
     pairs, _ = discover_pairs(str(tmp_path), leave_out=[str(tmp_path / "registry")])
     assert len(pairs) == 2 and not [p for p in pairs if p.name.startswith("registry/")]
     assert len(discover_pairs(str(tmp_path))[0]) == 3  # what leave_out keeps out
+    with pytest.raises(ValueError, match="is the folder of pairs itself"):  # its grids would be trained on
+        discover_pairs(str(tmp_path), leave_out=[str(tmp_path)])
+
+
+def test_hidden_files_and_pipes_among_the_photos_are_no_pairs(tmp_path):
+    make_colour_folder(tmp_path / "colour", n=2)
+    write(tmp_path / "colour/.thumbnails/c0.jpg", encode(_colour(0), "JPEG"))  # as a run, hidden names are no photos
+    write(tmp_path / "colour/._c1.jpg", b"\x00\x05\x16\x07 a Mac's resource fork")
+    os.mkfifo(tmp_path / "colour/pipe.jpg")  # reading it would wait for ever
+    pairs, problems = discover_pairs(str(tmp_path / "colour"))
+    assert sorted(p.name for p in pairs) == ["sub0/c0.jpg", "sub1/c1.jpg"]
+    assert [(p.name, p.reason) for p in problems] == [
+        ("pipe.jpg", "not read: not a regular file (a pipe, socket or device): nothing read")
+    ]
+    make_victorian(tmp_path / "v400", n=2)
+    write(tmp_path / "v400/gray/._p0.png", b"\x00\x05\x16\x07")
+    os.mkfifo(tmp_path / "v400/original/p1.png")
+    pairs, problems = discover_pairs(str(tmp_path / "v400"))
+    assert [(p.name, p.color_uri.rsplit("/", 2)[1]) for p in pairs] == [("p0.png", "original"), ("p1.png", "resized")]
 
 
 def test_split_is_fixed_by_file_name():
@@ -393,6 +414,13 @@ def test_fine_tuning_starts_from_the_given_weights_and_calibration(photos, tmp_p
     assert (result.card["chroma_scale"], result.card["chroma_median"]) == (2.0, 3)
     images, grays = eval_pairs(pairs[:1])
     assert result.metrics == pytest.approx(evaluate_model(start, images, grays, "cpu").as_dict())
+
+    # A training from random weights, finished, then a fine-tuning killed before its first checkpoint:
+    # --resume must not pick the finished one's checkpoint up as the fine-tuning's.
+    same_shape = TrainConfig(**{**asdict(frozen), "width": 4})
+    train(same_shape, pairs[1:], pairs[:1], str(tmp_path / "shared-ckpt"))
+    with pytest.raises(ValueError, match="checkpoint's training started from random weights, this one from tiny@"):
+        train(same_shape, pairs[1:], pairs[:1], str(tmp_path / "shared-ckpt"), resume=True, init_from=start)
 
 
 def test_rebalancing_changes_the_loss_training_sees_and_is_recorded(photos, tmp_path):

@@ -25,7 +25,17 @@ import pandas as pd
 from colorize.color import luma
 from colorize.detect import detect_colour
 from colorize.imaging import SCAN_EXTENSIONS, ScanError, decode_rgb, decode_scan
-from colorize.storage import join_uri, legible, nested_prefix, open_storage, read_uri, split_uri, unrecordable
+from colorize.storage import (
+    ObjectInfo,
+    is_hidden,
+    join_uri,
+    legible,
+    nested_prefix,
+    open_storage,
+    read_uri,
+    split_uri,
+    unrecordable,
+)
 
 # Gray and colour of one pair may differ in size (gray/ at 256 beside original/ at full size), but
 # must have the same shape: aspect ratios further apart than this are different pictures.
@@ -75,7 +85,7 @@ def _stems(uri: str, folder: str) -> dict[str, str]:
     """File name -> URI for the scans directly in ``uri/folder``."""
     storage = open_storage(join_uri(uri, folder))
     try:
-        names = [o.key for o in storage.list() if "/" not in o.key and _is_scan(o.key)]
+        names = [o.key for o in storage.list() if "/" not in o.key and _is_scan(o.key) and _usable(o)]
     except Exception:  # noqa: BLE001 - a missing optional folder is simply empty
         return {}
     return {n: storage.uri_for(n) for n in names}
@@ -101,9 +111,23 @@ def _discover(uri: str, leave_out: tuple[str, ...]) -> tuple[list[Pair], list[Pa
     top = {o.key.split("/", 1)[0] for o in root.list() if "/" in o.key}
     if "gray" in top and ("resized" in top or "original" in top):
         return _victorian_pairs(root.uri)
+    if same := [u for u in leave_out if open_storage(u).uri.rstrip("/") == root.uri.rstrip("/")]:
+        raise ValueError(f"{same[0]} (registry or checkpoints) is the folder of pairs itself: give it one of its own")
     inside = tuple(p for p in (nested_prefix(root.uri, u) for u in leave_out) if p)
-    pairs = [Pair(o.key, root.uri_for(o.key)) for o in root.list() if _is_scan(o.key) and not o.key.startswith(inside)]
-    return sorted(pairs, key=lambda p: p.name), []
+    pairs, problems = [], []
+    for o in root.list():
+        if not _is_scan(o.key) or o.key.startswith(inside) or is_hidden(o.key):
+            continue
+        if o.problem:  # a pipe named like a photo (reading it would wait for ever), a dead link
+            problems.append(PairProblem(o.key, f"not read: {o.problem}"))
+        else:
+            pairs.append(Pair(o.key, root.uri_for(o.key)))
+    return sorted(pairs, key=lambda p: p.name), problems
+
+
+def _usable(o: ObjectInfo) -> bool:
+    """A listed photo that can be read: not hidden (``._name.jpg``, ``.thumbnails/``), not a problem."""
+    return not o.problem and not is_hidden(o.key)
 
 
 def _victorian_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:

@@ -469,6 +469,7 @@ def train(
     )  # fmt: skip
     val_images, val_grays = eval_pairs(val_pairs)
     data_fp = fingerprint([*train_pairs, *val_pairs])
+    started_from = init_from.model_id if init_from is not None else ""
     history: list[dict[str, float]] = []
     start_epoch, spent = 1, 0.0
     resumes: list[dict[str, Any]] = []
@@ -484,6 +485,12 @@ def train(
             raise ValueError(f"--resume with different settings than the checkpoint: {sorted(changed)}")
         if ckpt["data_fingerprint"] != data_fp:
             raise ValueError("--resume on different training data than the checkpoint was trained on")
+        if (was := ckpt.get("init_from", "")) != started_from:
+            # e.g. a finished training's checkpoint, picked up by a fine-tuning killed before its first
+            raise ValueError(
+                f"--resume: the checkpoint's training started from {was or 'random weights'}, this one from "
+                f"{started_from or 'random weights'} (--from-model): not the same training"
+            )
         G.load_state_dict(ckpt["G"])
         D.load_state_dict(ckpt["D"])
         opt_g.load_state_dict(ckpt["opt_g"])
@@ -528,7 +535,7 @@ def train(
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "sched_g": sched_g.state_dict(),
             "sched_d": sched_d.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "rng": _rng_state(rng), "history": history, "data_fingerprint": data_fp, "seconds": spent,
-            "resumes": resumes,
+            "resumes": resumes, "init_from": started_from,
         }  # fmt: skip
         buf = io.BytesIO()
         torch.save(state, buf)
