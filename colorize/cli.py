@@ -241,7 +241,8 @@ def train(
         )  # fmt: skip
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         raise _fail(str(err), 1) from None
-    typer.echo(f"registered {summary.version}: {summary.reason}")
+    promoted = ", promoted to production" if summary.promoted else ""
+    typer.echo(f"registered {summary.version}{promoted}: {summary.reason}")
     if summary.problems:
         typer.echo(f"{len(summary.problems)} pairs skipped (see the flow's log)")
 

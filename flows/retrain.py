@@ -75,6 +75,23 @@ def train_candidate(
     return train(cfg, trn, val, checkpoints, resume=resume, init_from=init, on_epoch=log_epoch, progress=progress)
 
 
+def check_production_loads(registry: str) -> None:
+    """Raise ValueError when the registry names a production version that cannot be loaded: the
+    candidate could not be measured against it, and the training would be thrown away."""
+    reg = Registry(registry)
+    current = reg.aliases().get(PRODUCTION)
+    if current is None:
+        return
+    try:
+        reg.load(current)
+    except (KeyError, FileNotFoundError) as err:
+        why = err.args[0] if err.args else err
+        raise ValueError(
+            f"the registry's production model, {current}, cannot be loaded ({why}); make a version that "
+            f"exists production (`colorize models promote VERSION --registry {registry}`) before training"
+        ) from None
+
+
 @task(cache_policy=NO_CACHE)
 def production_quality(
     registry: str, cfg: TrainConfig, val: list[LoadedPair]
@@ -169,6 +186,7 @@ def retrain(
     # before loading what may be thousands of pairs.
     checkpoint_store = open_storage(checkpoints)
     with DestinationLease(checkpoint_store, f"train-{new_run_id()}", key=CHECKPOINT_LEASE, why=SHARED):
+        check_production_loads(registry)  # now, not after hours of training
         trn, val, problems = gather_pairs(pairs, cfg.val_fraction, (open_storage(registry).uri, checkpoint_store.uri))
         # One model on a GPU at a time (issue 6): training, then the production model on the held-out pairs.
         with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():

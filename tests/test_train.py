@@ -93,6 +93,15 @@ def test_csv_of_pairs_with_relative_paths(tmp_path):
     assert not problems and [p.gray_uri for p in pairs] == [str(tmp_path / "g" / f"{i}.png") for i in range(3)]
     assert len(load_pairs(pairs)[0]) == 3
 
+    # A row repeated is trained on once; a row naming a folder is that pair's problem, not the training's.
+    rows = "".join(f"g/{i}.png,c/{i}.png\n" for i in (0, 1, 0)) + "g/2.png,c\n"
+    (tmp_path / "more.csv").write_text("gray_uri,color_uri\n" + rows)
+    pairs, problems = discover_pairs(str(tmp_path / "more.csv"))
+    assert [(p.name, p.reason) for p in problems] == [("c/0.png", "CSV row 4 repeats row 2: trained on once")]
+    loaded, bad = load_pairs(pairs)
+    assert len(loaded) == 2
+    assert [(p.name, p.reason) for p in bad] == [("c", f"cannot read {tmp_path / 'c'}: Is a directory")]
+
 
 def test_bad_pairs_are_reported_and_skipped(tmp_path):
     root = tmp_path / "v400"
@@ -346,6 +355,14 @@ def test_retrain_flow_registers_promotes_and_refuses_an_equal_candidate(photos, 
     with DestinationLease(open_storage(f"{reg}/checkpoints"), "train-earlier", key=CHECKPOINT_LEASE):
         with pytest.raises(DestinationBusyError, match="in use by run train-earlier.*checkpoint-dir"):
             retrain(pairs=str(photos), registry=reg, config=TrainConfig(**TINY))
+    assert registry.versions() == ["v1", "v2", "v3"]
+
+    # Production named but gone (a version folder deleted by hand): stopped before training, not after.
+    aliases = (tmp_path / "registry/aliases.json").read_bytes()
+    (tmp_path / "registry/aliases.json").write_text('{"production": "v7"}')
+    with pytest.raises(ValueError, match="the registry's production model, v7, cannot be loaded"):
+        retrain(pairs=str(photos), registry=reg, config=TrainConfig(**TINY))
+    (tmp_path / "registry/aliases.json").write_bytes(aliases)
     assert registry.versions() == ["v1", "v2", "v3"]
 
     registry.promote("v3")

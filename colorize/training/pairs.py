@@ -155,10 +155,13 @@ def _csv_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
         return u if u.startswith(("s3://", "/", "file://")) else join_uri(base or ".", u)
 
     pairs, problems = [], []
+    seen: dict[tuple[str, str], int] = {}
     for i, (g, c) in enumerate(zip(frame["gray_uri"], frame["color_uri"], strict=True)):
-        label = c or g or f"row {i + 2}"
+        label, row = c or g or f"row {i + 2}", i + 2
         if not g or not c:
-            problems.append(PairProblem(label, f"missing partner on CSV row {i + 2}"))
+            problems.append(PairProblem(label, f"missing partner on CSV row {row}"))
+        elif (first := seen.setdefault((absolute(g), absolute(c)), row)) != row:
+            problems.append(PairProblem(label, f"CSV row {row} repeats row {first}: trained on once"))
         else:
             pairs.append(Pair(label, absolute(c), absolute(g)))
     return pairs, problems
@@ -169,6 +172,8 @@ def _read(uri: str) -> bytes:
         return read_uri(uri)
     except FileNotFoundError:
         raise PairError(f"missing partner: {uri} does not exist") from None
+    except OSError as err:  # a folder, a file it may not read: this pair's fault; StorageError stops the training
+        raise PairError(f"cannot read {uri}: {err.strerror or err}") from None
 
 
 def _fit(img: np.ndarray, short_side: int | None) -> np.ndarray:
