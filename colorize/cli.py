@@ -111,6 +111,10 @@ def run(
 
     from flows.colorize_archive import colorize_archive
 
+    try:  # what can be told without the Prefect server, before the half minute it takes to start
+        _check_folders(source, dest, endpoint_url)
+    except (StorageError, ValueError) as err:
+        raise _fail(str(err), 1) from None
     stop_orphaned_prefect_servers()
     try:
         summary = colorize_archive(
@@ -146,6 +150,20 @@ def _echo_failures(failures: list[tuple[str, str]], total: int, where: str, show
         typer.echo(f"failed: {uri}: {reason}")
     if total > shown:
         typer.echo(f"... and {total - shown} more failed ({where})")
+
+
+def _check_folders(source: str, dest: str, endpoint_url: str | None) -> None:
+    """A local source that is no folder, and a destination that cannot take the outputs, refused at once."""
+    from colorize.plan import check_destination
+    from colorize.storage import NoSuchFolderError, open_storage
+    from colorize.storage.local import LocalStorage
+
+    src, dst = open_storage(source, endpoint_url), open_storage(dest, endpoint_url)
+    if isinstance(src, LocalStorage) and not src.root.is_dir():
+        raise NoSuchFolderError(
+            f"folder {src.root} does not exist" if not src.root.exists() else f"{src.root} is not a folder"
+        )
+    check_destination(src, dst)
 
 
 def _dry_run(source: str, dest: str, model: str | None, registry: str | None, options: dict[str, object]) -> None:

@@ -24,6 +24,7 @@ from colorize.imaging import (
 )
 from colorize.manifest import (
     DONE_STATUSES,
+    LEDGER_KEY,
     Ledger,
     LedgerEntry,
     ManifestRow,
@@ -42,6 +43,7 @@ from colorize.storage import (
     nested_prefix,
     unrecordable,
 )
+from colorize.storage.local import LocalStorage
 
 _EXTENSION_FORMAT = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
@@ -288,6 +290,8 @@ def plan(
         unrecorded = not (entry is not None and _made(entry, out_key)) and out_key in outputs_there()
         if unrecorded and len(ledger):
             clash = _clash_with_owner(ledger, source, dest, uri, out_key)
+        if out_key.split("/", 1)[0] == LEDGER_KEY:  # a source folder named manifest.csv
+            clash = f"would make {LEDGER_KEY} in the destination a folder, where the ledger must be a file; rename it"
         if not clash and out_key in outputs_seen:
             clash = f"would overwrite the output of {outputs_seen[out_key]}; {_RENAME}"
         if clash:
@@ -386,10 +390,12 @@ def preview(opts: RunOptions, source: Storage, dest: Storage, ledger: Ledger, fa
 
 
 def check_destination(source: Storage, dest: Storage) -> None:
-    """Refuse a destination that is the source or contains it: outputs could overwrite scans.
+    """Refuse a destination that is the source or contains it: outputs could overwrite scans; and a
+    local one that is a file or cannot be written, before anything is read.
 
     A destination inside the source is fine: the listing leaves it out.
     """
+    _check_local_folder(dest)
     src, dst = source.uri.rstrip("/") + "/", dest.uri.rstrip("/") + "/"
     if src == dst:
         raise ValueError(f"the destination {dest.uri} is the source: outputs would overwrite the scans")
@@ -398,3 +404,16 @@ def check_destination(source: Storage, dest: Storage) -> None:
             f"the destination {dest.uri} contains the source {source.uri}: an output could overwrite a scan; "
             "choose a destination outside the source"
         )
+
+
+def _check_local_folder(dest: Storage) -> None:
+    """A local destination must be a folder this user may write in, or one that can be made."""
+    if not isinstance(dest, LocalStorage):
+        return
+    root = dest.root
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"the destination {root} is a file, not a folder")
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        made = "" if existing == root else f" (it would be made inside {existing})"
+        raise ValueError(f"the destination {root} cannot be written by this user{made}: permission denied")

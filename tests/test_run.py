@@ -349,6 +349,10 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
 
     missing = _cli(["run", str(tmp_path / "nothing-here"), str(tmp_path / "out2"), "--model", str(tiny_model)], cli_env)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+    not_a_folder = write(tmp_path / "a-file", b"x")  # told before the Prefect server starts, and in a dry run
+    for dry in ([], ["--dry-run"]):
+        refused = _cli(["run", str(src), str(not_a_folder), "--model", str(tiny_model), *dry], cli_env)
+        assert refused.returncode == 1 and f"the destination {not_a_folder} is a file" in refused.stderr
     assert "Traceback" not in missing.stderr  # Prefect logs the failed task and flow: one line each, here
 
     default = _cli(["run", str(src), str(tmp_path / "out-default")], cli_env)  # the packaged starter model
@@ -518,6 +522,17 @@ def test_a_ledger_that_is_no_longer_one_stops_the_run_and_is_left_as_it_is(run, 
     ledger.write_bytes(good[: good.rindex(b",colorized,") + 4])  # cut short mid-row
     with pytest.raises(ManifestError, match="is damaged: line 2 has the status 'col'"):
         run(src, dest, tiny_model)
+
+
+def test_a_source_folder_named_like_the_ledger_is_refused_and_the_ledger_kept(run, tmp_path, tiny_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    write(src / "manifest.csv" / "x.png", encode(gray_image(40, 50), "PNG"))
+    write(src / "y.png", encode(gray_image(40, 50, seed=1), "PNG"))
+    for _ in range(2):  # the ledger stays a file, night after night
+        rows = _by_key(_manifest(dest, run(src, dest, tiny_model).run_id), src)
+        assert rows["manifest.csv/x.png"].status == "failed"
+        assert "would make manifest.csv in the destination a folder" in rows["manifest.csv/x.png"].reason
+        assert (dest / "manifest.csv").is_file() and rows["y.png"].status in ("colorized", "skipped_done")
 
 
 def test_a_link_in_the_destination_never_leads_an_output_onto_a_scan(run, tmp_path, tiny_model):
