@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from typing import Annotated
 
@@ -350,11 +352,13 @@ def models_list(registry: Annotated[str, typer.Option(help="Registry folder or s
     from colorize.registry import Registry
 
     reg = Registry(registry)
-    aliases, versions = reg.aliases(), reg.versions()
+    with _registry_faults():
+        aliases, versions = reg.aliases(), reg.versions()
     if not versions:  # a mistyped registry would otherwise look like an empty one
         raise _fail(f"no model versions in {reg.uri} (is it a registry? `colorize train ... --registry` makes one)", 1)
     for version in versions:
-        card = reg.card(version)
+        with _registry_faults():
+            card = reg.card(version)
         tags = ",".join(a for a, v in aliases.items() if v == version)
         metrics = " ".join(
             f"{k}={v:.4g}" for k, v in sorted((card.get("metrics") or {}).items()) if isinstance(v, int | float)
@@ -370,10 +374,8 @@ def models_show(
     """Print a version's card as JSON."""
     from colorize.registry import Registry
 
-    try:
+    with _registry_faults():
         typer.echo(json.dumps(Registry(registry).card(version), indent=2, sort_keys=True))
-    except KeyError as err:
-        raise _fail(str(err.args[0])) from None
 
 
 @models_app.command("promote")
@@ -385,11 +387,25 @@ def models_promote(
     """Point an alias (production by default) at a version."""
     from colorize.registry import Registry
 
+    with _registry_faults():
+        reg = Registry(registry)
+        target = reg.resolve(version)  # "promote production --alias stable": the version production names
+        reg.promote(target, alias)
+    typer.echo(f"{alias} -> {target}")
+
+
+@contextmanager
+def _registry_faults() -> Iterator[None]:
+    """A registry's faults as one line and exit 1: no such version or alias, a bucket that is not
+    there, an aliases.json that is no longer JSON."""
+    from colorize.storage import StorageError
+
     try:
-        Registry(registry).promote(version, alias)
+        yield
     except KeyError as err:
-        raise _fail(str(err.args[0])) from None
-    typer.echo(f"{alias} -> {version}")
+        raise _fail(str(err.args[0]), 1) from None
+    except (StorageError, ValueError) as err:
+        raise _fail(str(err), 1) from None
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:

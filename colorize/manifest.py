@@ -57,6 +57,7 @@ class ManifestRow:
     provenance: str = "none"  # what the output carries: xmp, xmp+c2pa, none (BMP; rows without output)
     model_sha256: str = ""  # the full sha256 of the model's weights (model_id has its first 12 hex)
     colour_method: str = ""  # how the output got its full-resolution colour (color.COLOUR_METHOD)
+    output_size: int = 0  # the output's bytes: one changed since (cut short, emptied) is made again
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -74,12 +75,13 @@ COLUMNS: list[str] = [
     "output_sha256", "model_id", "seconds", "worker", "finished_at",
     "provenance", "model_sha256",  # appended (issue 10): older manifests lack them and read as ""
     "colour_method",  # appended later still, and read as "" from older manifests
+    "output_size",  # and later: 0 in older manifests, which then check no size
 ]  # fmt: skip
 assert sorted(COLUMNS) == sorted(f.name for f in fields(ManifestRow))
 
 _DTYPES = {
     "source_size": "int64", "width": "int64", "height": "int64", "bit_depth": "int64",
-    "pages": "int64", "seconds": "float64",
+    "pages": "int64", "seconds": "float64", "output_size": "int64",
 }  # fmt: skip
 
 
@@ -181,6 +183,7 @@ class LedgerEntry:
     provenance: str = ""
     model_sha256: str = ""
     colour_method: str = ""
+    output_size: int = 0  # 0: not recorded (rows from before it was)
 
 
 class Ledger:
@@ -188,12 +191,14 @@ class Ledger:
 
     def __init__(self, frame: pd.DataFrame):
         self._entries: dict[str, LedgerEntry] = {
-            uri: LedgerEntry(int(size), mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha, method)
-            for uri, size, mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha, method in zip(
+            uri: LedgerEntry(
+                int(size), mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha, method, int(out_size)
+            )
+            for uri, size, mtime, etag, sha, status, out, out_sha, model, run, prov, model_sha, method, out_size in zip(
                 frame["source_uri"], frame["source_size"], frame["source_mtime"], frame["source_etag"],
                 frame["source_sha256"], frame["status"], frame["output_uri"], frame["output_sha256"],
                 frame["model_id"], frame["run_id"], frame["provenance"], frame["model_sha256"],
-                frame["colour_method"], strict=True,
+                frame["colour_method"], frame["output_size"], strict=True,
             )
         }  # fmt: skip
 

@@ -190,6 +190,7 @@ def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEn
         provenance=entry.provenance,
         model_sha256=entry.model_sha256,
         colour_method=entry.colour_method,
+        output_size=entry.output_size,
     )
 
 
@@ -240,16 +241,16 @@ def plan(
     given, counts them by extension, so that a run can say what it left alone.
     """
     outputs_seen: dict[str, str] = {}
-    existing: set[str] | None = None
+    existing: dict[str, int] | None = None
 
-    def outputs_there() -> set[str]:
-        """The destination's keys, listed once, when first asked for."""
+    def outputs_there() -> dict[str, int]:
+        """The destination's keys and their sizes, listed once, when first asked for."""
         nonlocal existing
         if existing is None:
             try:
-                existing = {o.key for o in dest.list()}
+                existing = {o.key: o.size for o in dest.list()}
             except NoSuchFolderError:  # a first run's, before anything is written there
-                existing = set()
+                existing = {}
         return existing
 
     nested = nested_prefix(source.uri, dest.uri)
@@ -310,7 +311,10 @@ def plan(
                 older = entry.model_id != opts.model_id or entry.colour_method != COLOUR_METHOD
                 # The output at this run's path must be the one the ledger recorded: made in
                 # another format (an earlier --output-format), it is no output of this source.
-                if out_key in outputs_there() and _made(entry, out_key) and not (opts.redo_older and older):
+                # And whole: an output cut short or emptied since (a failing disk, a hand) is made again.
+                there = outputs_there().get(out_key)
+                whole = there is not None and entry.output_size in (0, there)
+                if whole and _made(entry, out_key) and not (opts.redo_older and older):
                     if unchanged:
                         skipped.append(done_row(opts, source, obj, entry, "unchanged since last run"))
                         continue

@@ -251,7 +251,7 @@ class ShardProcessor:
         """The row of a source whose output (``output``, its bytes) this model made and is at its path."""
         return self._row(
             item, status, reason, output_uri=self.dest.uri_for(item.output_key),
-            output_sha256=hashlib.sha256(output).hexdigest(), model_id=self.colorizer.model_id,
+            output_sha256=hashlib.sha256(output).hexdigest(), output_size=len(output), model_id=self.colorizer.model_id,
             provenance=provenance, model_sha256=self.model_sha256, colour_method=COLOUR_METHOD,
             seconds=round(time.perf_counter() - started, 4), **self._scan_fields(scan, sha),
         )  # fmt: skip

@@ -51,9 +51,13 @@ class Registry:
 
     def aliases(self) -> dict[str, str]:
         try:
-            return json.loads(self.storage.read_bytes(ALIASES_FILE))
+            data = self.storage.read_bytes(ALIASES_FILE)
         except FileNotFoundError:
             return {}
+        try:
+            return json.loads(data)
+        except ValueError as err:
+            raise ValueError(f"{self.storage.uri_for(ALIASES_FILE)} is not valid JSON ({err})") from None
 
     def resolve(self, ref: str) -> str:
         """A version name from a version name or an alias."""

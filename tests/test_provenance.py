@@ -279,13 +279,13 @@ def test_metadata_an_output_cannot_hold_is_named_in_its_row(prefect_api_url, tin
 
 
 def test_manifest_columns_are_appended_and_older_manifests_read(tmp_path):
-    assert COLUMNS[-3:] == ["provenance", "model_sha256", "colour_method"]
+    assert COLUMNS[-4:] == ["provenance", "model_sha256", "colour_method", "output_size"]
     row = ManifestRow(run_id="r", source_uri="a.jpg", source_size=1, source_mtime="t", status="colorized")
-    older = to_frame([row]).drop(columns=COLUMNS[-3:])  # a manifest from before issue 10
+    older = to_frame([row]).drop(columns=COLUMNS[-4:])  # a manifest from before issue 10
     storage = open_storage(str(tmp_path))
     write_csv(storage, "old.csv", older)
     frame = read_csv(storage, "old.csv")
-    assert list(frame.columns) == COLUMNS and tuple(frame.loc[0, COLUMNS[-3:]]) == ("", "", "")
+    assert list(frame.columns) == COLUMNS and tuple(frame.loc[0, COLUMNS[-4:]]) == ("", "", "", 0)
 
 
 def test_provenance_xmp_merges_languages_and_drops_stale_claims():

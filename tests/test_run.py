@@ -136,9 +136,11 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_mo
     os.utime(src / "e.bmp")  # touched only: same bytes
     write(src / "new/fresh.png", encode(gray_image(40, 40), "PNG"))
     (dest / "d.webp").unlink()  # an output someone deleted
+    os.truncate(dest / "pages.tif", 1000)  # one a failing disk or a copy cut short, unread since
     third = run(src, dest, tiny_model)
     statuses = {k: r.status for k, r in _by_key(_manifest(dest, third.run_id), src).items()}
     assert statuses["a.jpg"] == statuses["new/fresh.png"] == statuses["d.webp"] == "colorized"
+    assert statuses["pages.tif"] == "colorized" and (dest / "pages.tif").stat().st_size > 1000
     assert statuses["e.bmp"] == "skipped_done"
     assert (dest / "d.webp").exists()
 
@@ -147,7 +149,7 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_mo
     assert _by_key(ledger, src)["pages.tif"].reason.count("page 1 of 2 colorized") == 1  # carried, not piled up
     for row in ledger.itertuples():
         if row.status in ("colorized", "skipped_done"):
-            assert Path(row.output_uri).exists()
+            assert Path(row.output_uri).stat().st_size == int(row.output_size)
 
 
 def test_names_no_record_can_hold_are_refused_and_the_run_goes_on(run, tmp_path, tiny_model, caplog):

@@ -522,6 +522,14 @@ def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env
     assert bad.returncode != 0 and "v9" in bad.stderr
     typo = _cli(["models", "list", "--registry", str(tmp_path / "no-such-registry")], cli_env)
     assert typo.returncode == 1 and "no model versions in" in typo.stderr
+    stable = ["models", "promote", "production", "--alias", "stable", "--registry", str(tmp_path / "b")]
+    by_alias = _cli(stable, cli_env)
+    assert by_alias.returncode == 0 and by_alias.stdout.strip() == "stable -> v1"
+    (tmp_path / "b/aliases.json").write_text('{"production": ')  # a hand edit gone wrong
+    for command in (["list"], ["show", "v1"], ["promote", "v1"]):
+        broken = _cli(["models", *command, "--registry", str(tmp_path / "b")], cli_env)
+        assert broken.returncode == 1 and "aliases.json is not valid JSON" in broken.stderr
+        assert "Traceback" not in broken.stderr
 
 
 def test_the_sample_grid_keeps_each_photo_whole_and_wastes_no_rows():
