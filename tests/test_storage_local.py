@@ -125,6 +125,7 @@ def test_a_folder_the_listing_cannot_enter_is_listed_with_the_reason(tmp_path):
     finally:
         (tmp_path / "locked").chmod(0o755)
     assert listed == [repr(("locked/", "cannot list this folder: Permission denied")), repr(("open/a.jpg", ""))]
+    assert store.uri_for("locked/") == f"{tmp_path / 'locked'}/"  # a folder's row says it is one
 
 
 def test_a_pipe_among_the_scans_is_listed_as_a_problem_not_read(tmp_path):

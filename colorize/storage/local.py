@@ -197,7 +197,8 @@ class LocalStorage:
                 break
 
     def uri_for(self, key: str) -> str:
-        return str(self.root / key)
+        # A folder's key ends in "/" (a listing's problem row): its URI does too, as in S3.
+        return str(self.root / key) + ("/" if key.endswith("/") else "")
 
 
 def _version(data: bytes) -> str:
