@@ -351,6 +351,10 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
 
     missing = _cli(["run", str(tmp_path / "nothing-here"), str(tmp_path / "out2"), "--model", str(tiny_model)], cli_env)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+    both_models = _cli(
+        ["run", str(src), str(tmp_path / "o6"), "--model", str(tiny_model), "--registry", "r", "--dry-run"], cli_env
+    )
+    assert both_models.returncode == 1 and "or --registry (r), not both" in both_models.stderr
     not_a_folder = write(tmp_path / "a-file", b"x")  # told before the Prefect server starts, and in a dry run
     for dry in ([], ["--dry-run"]):
         refused = _cli(["run", str(src), str(not_a_folder), "--model", str(tiny_model), *dry], cli_env)
