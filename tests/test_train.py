@@ -73,6 +73,17 @@ def test_victorian_layout_prefers_original_and_matches_by_name(tmp_path):
     first = next(p for p in loaded if p.name == "p0.png")
     assert first.rgb.shape == (96, 96, 3) and first.gray.shape == (96, 96)  # gray brought to colour's size
 
+    # Boxes inside the three folders pair by their path; a photo beside them is said, not dropped unseen.
+    rgb = _colour(9, 96)
+    write(tmp_path / "v400/gray/box1/q.png", encode(luma(rgb), "PNG"))
+    write(tmp_path / "v400/original/box1/q.png", encode(rgb, "PNG"))
+    write(tmp_path / "v400/notes/r.jpg", encode(rgb, "JPEG"))
+    pairs, problems = discover_pairs(str(tmp_path / "v400"))
+    assert len(pairs) == 9 and {p.name: p for p in pairs}["box1/q.png"].color_uri.endswith("original/box1/q.png")
+    assert [(p.name, p.reason) for p in problems] == [
+        ("notes/r.jpg", "not in gray/, resized/ or original/, which make this folder the Victorian400 layout: left out")
+    ]
+
 
 def test_colour_only_folder_derives_gray_as_luminance(tmp_path):
     make_colour_folder(tmp_path / "photos")

@@ -82,10 +82,10 @@ def _is_scan(name: str) -> bool:
 
 
 def _stems(uri: str, folder: str) -> dict[str, str]:
-    """File name -> URI for the scans directly in ``uri/folder``."""
+    """Path inside ``uri/folder`` (``p1.png``, ``box1/p1.png``) -> URI, for the photos under it."""
     storage = open_storage(join_uri(uri, folder))
     try:
-        names = [o.key for o in storage.list() if "/" not in o.key and _is_scan(o.key) and _usable(o)]
+        names = [o.key for o in storage.list() if _is_scan(o.key) and _usable(o)]
     except Exception:  # noqa: BLE001 - a missing optional folder is simply empty
         return {}
     return {n: storage.uri_for(n) for n in names}
@@ -110,7 +110,10 @@ def _discover(uri: str, leave_out: tuple[str, ...]) -> tuple[list[Pair], list[Pa
     root = open_storage(uri)
     top = {o.key.split("/", 1)[0] for o in root.list() if "/" in o.key}
     if "gray" in top and ("resized" in top or "original" in top):
-        return _victorian_pairs(root.uri)
+        pairs, problems = _victorian_pairs(root.uri)
+        outside = [o.key for o in root.list() if _is_scan(o.key) and _usable(o) and o.key.split("/")[0] not in _V400]
+        why = "not in gray/, resized/ or original/, which make this folder the Victorian400 layout: left out"
+        return pairs, problems + [PairProblem(key, why) for key in outside]
     if same := [u for u in leave_out if open_storage(u).uri.rstrip("/") == root.uri.rstrip("/")]:
         raise ValueError(f"{same[0]} (registry or checkpoints) is the folder of pairs itself: give it one of its own")
     inside = tuple(p for p in (nested_prefix(root.uri, u) for u in leave_out) if p)
@@ -128,6 +131,9 @@ def _discover(uri: str, leave_out: tuple[str, ...]) -> tuple[list[Pair], list[Pa
 def _usable(o: ObjectInfo) -> bool:
     """A listed photo that can be read: not hidden (``._name.jpg``, ``.thumbnails/``), not a problem."""
     return not o.problem and not is_hidden(o.key)
+
+
+_V400 = ("gray", "resized", "original")
 
 
 def _victorian_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
