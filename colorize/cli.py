@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,9 @@ class Backend(StrEnum):
 
 
 OutputFormat = StrEnum("OutputFormat", {name: name for name in OUTPUT_FORMATS})  # type: ignore[misc]
+
+
+_Endpoint = Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")]
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -72,7 +76,7 @@ def run(
         float | None,
         typer.Option(help="Memory for scans in flight, per process (default: a quarter of RAM, shared)."),
     ] = None,
-    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+    endpoint_url: _Endpoint = None,
     sign_with: Annotated[
         tuple[str, str] | None,
         typer.Option(metavar="CERT KEY", help="Sign a C2PA manifest into each output: PEM chain and key (path/s3)."),
@@ -239,11 +243,14 @@ def train(
     no_promote: Annotated[bool, typer.Option("--no-promote", help="Register, but never promote.")] = False,
     criterion: Annotated[str, typer.Option(help="psnr, ssim, ab_error or colourfulness_diff.")] = "psnr",
     checkpoint_dir: Annotated[str | None, typer.Option(help="Default: REG/checkpoints.")] = None,
+    endpoint_url: _Endpoint = None,
 ) -> None:
     """Train a model on curated pairs, register it, and promote it if it beats production."""
     from colorize.training.trainer import TrainConfig
     from flows.retrain import retrain
 
+    if endpoint_url:  # the training runs in this process: boto3 reads it from here for every S3 URI
+        os.environ["AWS_ENDPOINT_URL_S3"] = endpoint_url
     stop_orphaned_prefect_servers()
     try:
         cfg = TrainConfig(
@@ -272,7 +279,7 @@ def report(
     dest: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix a run wrote to.")],
     run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
     sample: Annotated[int, typer.Option(min=0, help="Most before/after pairs shown.")] = 120,
-    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+    endpoint_url: _Endpoint = None,
 ) -> None:
     """Rebuild DEST/reports/RUN_ID.html from the run's manifest and outputs, and print where it is."""
     from colorize.report import latest_run_id, write_report
@@ -295,7 +302,7 @@ def relocate(
     old: Annotated[str, typer.Argument(help="Where the files were: folder or s3://bucket/prefix.")],
     new: Annotated[str, typer.Argument(help="Where they are now.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; change nothing.")] = False,
-    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+    endpoint_url: _Endpoint = None,
 ) -> None:
     """Tell DEST's ledger that the files it knows under OLD are now under NEW.
 
@@ -323,7 +330,7 @@ def inspect(
     file: Annotated[str, typer.Argument(help="An image: path or s3:// URI.")],
     trust: Annotated[str | None, typer.Option(help="PEM root certificates to trust for C2PA (path).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print everything found, as JSON.")] = False,
-    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")] = None,
+    endpoint_url: _Endpoint = None,
 ) -> None:
     """Print what FILE says about itself: machine-coloured or not, from which scan, by which model, signed or not.
 
@@ -347,11 +354,14 @@ def inspect(
 
 
 @models_app.command("list")
-def models_list(registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")]) -> None:
+def models_list(
+    registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")], endpoint_url: _Endpoint = None
+) -> None:
     """One line per version: name, aliases, creation time and metrics."""
     from colorize.registry import Registry
 
-    reg = Registry(registry)
+    with _registry_faults():
+        reg = Registry(registry, endpoint_url=endpoint_url)
     with _registry_faults():
         aliases, versions = reg.aliases(), reg.versions()
     if not versions:  # a mistyped registry would otherwise look like an empty one
@@ -370,12 +380,13 @@ def models_list(registry: Annotated[str, typer.Option(help="Registry folder or s
 def models_show(
     version: Annotated[str, typer.Argument(help="Version (v3) or alias (production).")] = "production",
     registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")] = ".",
+    endpoint_url: _Endpoint = None,
 ) -> None:
     """Print a version's card as JSON."""
     from colorize.registry import Registry
 
     with _registry_faults():
-        typer.echo(json.dumps(Registry(registry).card(version), indent=2, sort_keys=True))
+        typer.echo(json.dumps(Registry(registry, endpoint_url=endpoint_url).card(version), indent=2, sort_keys=True))
 
 
 @models_app.command("promote")
@@ -383,12 +394,13 @@ def models_promote(
     version: Annotated[str, typer.Argument(help="Version to promote, e.g. v3.")],
     registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")],
     alias: Annotated[str, typer.Option(help="Alias to point at it.")] = "production",
+    endpoint_url: _Endpoint = None,
 ) -> None:
     """Point an alias (production by default) at a version."""
     from colorize.registry import Registry
 
     with _registry_faults():
-        reg = Registry(registry)
+        reg = Registry(registry, endpoint_url=endpoint_url)
         target = reg.resolve(version)  # "promote production --alias stable": the version production names
         reg.promote(target, alias)
     typer.echo(f"{alias} -> {target}")

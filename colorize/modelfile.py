@@ -177,8 +177,8 @@ def resolve_model_spec(spec: str | None = None, registry: str | None = None, end
     """
     from colorize.registry import PRODUCTION, Registry  # the registry builds on this module
 
-    if spec is not None and registry:  # one of them would be ignored, and the run's colours be another model's
-        raise ValueError(f"give --model ({spec}) or --registry ({registry}), not both")
+    if spec is not None and registry:  # a deployment's registry, and one run's own model: the model wins, said
+        log.warning("model %s given, so the registry %s's production model is not used", spec, registry)
     try:
         if spec is None and registry:
             return Registry(registry, endpoint_url=endpoint_url).version_uri(PRODUCTION)

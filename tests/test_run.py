@@ -354,7 +354,7 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     both_models = _cli(
         ["run", str(src), str(tmp_path / "o6"), "--model", str(tiny_model), "--registry", "r", "--dry-run"], cli_env
     )
-    assert both_models.returncode == 1 and "or --registry (r), not both" in both_models.stderr
+    assert both_models.returncode == 0 and "so the registry r's production model is not used" in both_models.stderr
     not_a_folder = write(tmp_path / "a-file", b"x")  # told before the Prefect server starts, and in a dry run
     for dry in ([], ["--dry-run"]):
         refused = _cli(["run", str(src), str(not_a_folder), "--model", str(tiny_model), *dry], cli_env)
