@@ -384,7 +384,7 @@ def test_endpoint_comes_from_the_option_or_boto3s_environment(s3, moto_url, monk
     _storage_error(lambda: list(S3Storage("s3://scans/e", max_attempts=1).list()), "EndpointConnectionError")
 
 
-def test_models_load_from_a_folder_and_a_registry_in_s3(s3, tiny_model):
+def test_models_load_from_a_folder_and_a_registry_in_s3(s3, tiny_model, moto_url):
     for name in ("generator.safetensors", "card.json"):
         s3.put_object(Bucket="models", Key=f"colorizer/v1/{name}", Body=(tiny_model / name).read_bytes())
     local = load_model(str(tiny_model))
@@ -398,6 +398,15 @@ def test_models_load_from_a_folder_and_a_registry_in_s3(s3, tiny_model):
     assert resolve_model_spec("s3://models/registry") == "s3://models/registry/versions/v1"
     assert load_model("s3://models/registry").model_id.startswith("tiny-v1@")
     assert load_model(registry=("s3://models/registry")).model_id.startswith("tiny-v1@")
+
+    # The registry commands take the endpoint as an option too (boto3's environment points nowhere here).
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    env.pop("AWS_ENDPOINT_URL_S3", None)
+    listed = subprocess.run(
+        [sys.executable, "-m", "colorize.cli", "models", "list", "--registry", "s3://models/registry",
+         "--endpoint-url", moto_url], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0 and listed.stdout.startswith("v1\tproduction\t"), listed.stderr
 
 
 # --- whole runs -----------------------------------------------------------------------------------
