@@ -152,8 +152,10 @@ def run(
 def _echo_failures(failures: list[tuple[str, str]], total: int, where: str, shown: int = 3) -> None:
     """The first few failures with their reasons (one may be to act on: a moved archive's, say), and
     how many more there are."""
+    from colorize.storage import printable
+
     for uri, reason in failures[:shown]:
-        typer.echo(f"failed: {uri}: {reason}")
+        typer.echo(f"failed: {printable(uri)}: {printable(reason)}")
     if total > shown:
         typer.echo(f"... and {total - shown} more failed ({where})")
 

@@ -146,10 +146,16 @@ def describe_not_scans(counts: Mapping[str, int]) -> str:
     """
     images = image_extensions(counts)
     parts = [
-        f"{n} {ext or 'without extension'}" + (" (an image format runs do not read)" if ext in images else "")
+        f"{n} {_shown(ext) or 'without extension'}" + (" (an image format runs do not read)" if ext in images else "")
         for ext, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
     return ", ".join(parts)
+
+
+def _shown(ext: str) -> str:
+    """An extension as a person should read it: quoted when it holds a space or a control character
+    (``'.jpg '``: no JPEG, and not to be taken for one)."""
+    return repr(ext) if ext != ext.strip() or not ext.isprintable() else ext
 
 
 def _unchanged(obj: ObjectInfo, entry: LedgerEntry) -> bool | None:

@@ -55,6 +55,8 @@ def start_run(
     endpoint = options.get("endpoint_url")
     src, dst = open_storage(source, endpoint), open_storage(dest, endpoint)  # type: ignore[arg-type]
     if next(iter(src.list()), None) is None:  # also raises StorageError when the source is missing
+        if src.root_is_file():
+            raise StorageError(f"the source {src.uri} is one file, not a folder of scans: give the folder it is in")
         logger.warning("source %s holds no files", src.uri)
     opts = new_run_options(src, dst, model, registry, options)  # shards load the model, wherever they run
     logger.info("run %s: %s -> %s with model %s", opts.run_id, src.uri, dst.uri, opts.model_id)

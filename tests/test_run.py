@@ -675,3 +675,14 @@ def test_the_summarys_failures_show_names_and_reasons_as_they_are():
     fence = span.split(" ", 1)[0]
     assert fence == "``" and span == f"`` {name} ``"  # no run of backticks inside can close it
     assert _md_text("not an image: <b>x</b> [a](b)\n*c*") == r"not an image: \<b\>x\</b\> \[a\]\(b\) \*c\*"
+
+
+def test_names_at_the_terminal_show_what_they_hold_and_do_nothing():
+    from colorize.plan import describe_not_scans
+    from colorize.storage import printable
+
+    # A key's control characters (an escape sequence, a carriage return) would act on the terminal.
+    assert printable("s3://scans/odd/ctl\x01here\x1b[2J.jpg") == "s3://scans/odd/ctl\\x01here\\x1b[2J.jpg"
+    assert printable("/scans/café.jpg") == "/scans/café.jpg"
+    # "x.jpg " is no JPEG: its extension is quoted, not shown as if real JPEGs were left alone.
+    assert describe_not_scans({".jpg ": 1, ".txt": 2}) == "2 .txt, 1 '.jpg '"

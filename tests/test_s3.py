@@ -565,6 +565,13 @@ def test_cli_fails_fast_on_a_missing_bucket(s3, tmp_path, tiny_model, cli_env):
     assert time.monotonic() - started < 120
 
 
+def test_a_source_naming_one_object_is_refused_not_taken_for_an_empty_prefix(run, s3, tmp_path, tiny_model):
+    s3.put_object(Bucket="scans", Key="single/scan0.jpg", Body=encode(gray_image(40, 50), "JPEG"))
+    with pytest.raises(StorageError, match="s3://scans/single/scan0.jpg is one file, not a folder of scans"):
+        run(source="s3://scans/single/scan0.jpg", dest=str(tmp_path / "out"), model=str(tiny_model))
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_archive_uploaded_to_s3_is_relocated_and_checked_by_content(run, s3, tmp_path, tiny_model):
     from typer.testing import CliRunner
 

@@ -54,6 +54,10 @@ class Storage(Protocol):
         """Every object under ``prefix``, recursively, lazily (never the whole listing at once)."""
         ...
 
+    def root_is_file(self) -> bool:
+        """Whether the URI names one file or object rather than a folder or prefix of them."""
+        ...
+
     def stat(self, key: str) -> ObjectInfo | None:
         """The object's info, or None when it does not exist."""
         ...
@@ -108,7 +112,10 @@ def check_key(key: str) -> str:
     if key.startswith("/"):
         raise UnsafeKeyError(f"key {key!r} is absolute (leading '/')")
     if "\\" in key:
-        raise UnsafeKeyError(f"key {key!r} contains a backslash")
+        raise UnsafeKeyError(
+            f"the name '{key}' holds a backslash, a folder separator on Windows, so where its output would go "
+            "depends on the system reading it: rename it"
+        )
     if "\x00" in key:
         raise UnsafeKeyError(f"key {key!r} contains a NUL byte")
     for part in key.split("/"):
@@ -145,6 +152,15 @@ def legible(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(text: str) -> str:
+    """:func:`legible`, with control characters written as ``\\xNN`` too: for a terminal, where a
+    name's escape sequence or carriage return would act instead of showing."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", legible(text))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def nested_prefix(outer: str, inner: str) -> str:

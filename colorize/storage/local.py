@@ -88,6 +88,10 @@ class LocalStorage:
         key = os.path.relpath(path, self.root).replace(os.sep, "/")
         return ObjectInfo(key=key + suffix, size=0, mtime=0.0, problem=why)
 
+    def root_is_file(self) -> bool:
+        """Whether the path names a file, not a folder of them."""
+        return self.root.is_file()
+
     def stat(self, key: str) -> ObjectInfo | None:
         try:
             st = self._path(key).stat()

@@ -187,6 +187,17 @@ class S3Storage:
         size = meta["Size"] if "Size" in meta else meta["ContentLength"]
         return ObjectInfo(key=key, size=int(size), mtime=meta["LastModified"].timestamp(), etag=meta["ETag"].strip('"'))
 
+    def root_is_file(self) -> bool:
+        """Whether the URI names one object (``s3://b/box/scan.jpg``), not a prefix of them."""
+        if not self.prefix:
+            return False
+        try:
+            with self._faults("head_object", self.prefix):
+                self._client.head_object(Bucket=self.bucket, Key=self.prefix)
+        except FileNotFoundError:
+            return False
+        return True
+
     def stat(self, key: str) -> ObjectInfo | None:
         """HEAD the object; None when S3 answers 404 (a HEAD has no error body, so a missing bucket
         reads as a missing object here: the listing, which every run starts with, tells them apart)."""
