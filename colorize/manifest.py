@@ -332,8 +332,12 @@ def unfinished_runs(dest: Storage, exclude: str = "") -> Iterator[str]:
             yield parts[0]
 
 
-def finish_run(dest: Storage, run_id: str) -> pd.DataFrame:
+def finish_run(dest: Storage, run_id: str, listed: str = "") -> pd.DataFrame:
     """Fold a run's parts into ``manifests/<run_id>.csv`` and the ledger; remove the parts.
+
+    ``listed``: the source a run listed whole, when it did (not a killed run's). The ledger's rows
+    of folders under it that an earlier listing could not enter (URIs ending in ``/``), and that this
+    one did not report, leave the ledger: their files have rows of their own now.
 
     Order matters for crash safety: the run manifest and the ledger are written (atomically)
     before any part is deleted, so a crash in between at worst folds the same rows twice, which
@@ -345,6 +349,10 @@ def finish_run(dest: Storage, run_id: str) -> pd.DataFrame:
     run = pd.concat([previous, *frames], ignore_index=True) if frames else previous
     run = run.drop_duplicates(subset="source_uri", keep="last").reset_index(drop=True)
     ledger = read_csv(dest, LEDGER_KEY)
+    if listed:
+        under, uris = listed.rstrip("/") + "/", ledger["source_uri"]
+        entered = uris.str.endswith("/") & uris.str.startswith(under) & ~uris.isin(set(run["source_uri"]))
+        ledger = ledger[~(entered & (ledger["status"] == "failed"))]
     run = carry_forward(run, ledger)
     write_csv(dest, run_key(run_id), run)
     write_csv(dest, LEDGER_KEY, merge_into_ledger(ledger, run))

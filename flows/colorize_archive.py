@@ -103,7 +103,7 @@ def record_skips(opts: RunOptions, batch: SkipBatch) -> dict[str, int]:
 @task(cache_policy=NO_CACHE)
 def finish_manifest(opts: RunOptions) -> RunSummary:
     """Assemble the run manifest and update the cumulative ledger."""
-    run = finish_run(open_storage(opts.dest, opts.endpoint_url), opts.run_id)
+    run = finish_run(open_storage(opts.dest, opts.endpoint_url), opts.run_id, listed=opts.source)
     failed = run[run["status"] == "failed"].head(SUMMARY_FAILURES)  # a moved archive's run refuses millions
     return RunSummary(
         run_id=opts.run_id, dest=opts.dest, model_id=opts.model_id,

@@ -187,6 +187,12 @@ def test_names_no_record_can_hold_are_refused_and_the_run_goes_on(run, tmp_path,
     assert not (dest / "manifests/1999.csv").exists()
     assert len(_manifest(dest)) == 6
 
+    # The link gone (its folder now given as a source of its own, say): its row leaves the ledger,
+    # which would otherwise call it failed for ever.
+    (src / "linked").unlink()
+    run(src, dest, tiny_model)
+    assert f"{src / 'linked'}/" not in set(_manifest(dest)["source_uri"]) and len(_manifest(dest)) == 5
+
 
 def test_outputs_in_another_format_are_neither_taken_for_done_nor_overwritten(run, tmp_path, tiny_model):
     src, dest = tmp_path / "scans", tmp_path / "colour"
