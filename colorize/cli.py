@@ -74,7 +74,7 @@ def run(
     ),
     memory_gb: Annotated[
         float | None,
-        typer.Option(help="Memory for scans in flight, per process (default: a quarter of RAM, shared)."),
+        typer.Option(min=0.001, help="Memory for scans in flight, per process (default: a quarter of RAM, shared)."),
     ] = None,
     endpoint_url: _Endpoint = None,
     sign_with: Annotated[
@@ -119,7 +119,11 @@ def run(
 
     try:  # what can be told without the Prefect server, before the half minute it takes to start
         _check_folders(source, dest, endpoint_url)
-    except (StorageError, ValueError) as err:
+        if device.value == "cuda" and not dask_address:  # a remote cluster's workers may have the GPUs
+            from colorize.engine import pick_device
+
+            pick_device(device.value)
+    except (StorageError, ValueError, RuntimeError) as err:
         raise _fail(str(err), 1) from None
     stop_orphaned_prefect_servers()
     try:
