@@ -59,8 +59,15 @@ def image_extensions(extensions: Iterable[str]) -> set[str]:
     Runs read only :data:`SCAN_EXTENSIONS`; these (``.gif``, ``.j2k``, ``.psd``, ...) are images
     they leave alone, which a person should hear about.
     """
-    known = Image.registered_extensions()
+    known = Image.registered_extensions().keys() | _OTHER_IMAGES
     return {e for e in extensions if e in known and e not in SCAN_EXTENSIONS}
+
+
+# Images Pillow has no plugin for, which archives hold: cameras' raw files (a copy stand's DNG
+# masters), HEIF from phones, JPEG XL.
+_OTHER_IMAGES = frozenset(
+    {".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".raf", ".rw2", ".heic", ".heif", ".avif", ".jxl"}
+)
 
 
 class ScanError(Exception):

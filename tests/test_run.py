@@ -697,3 +697,7 @@ def test_names_at_the_terminal_show_what_they_hold_and_do_nothing():
     assert printable("/scans/café.jpg") == "/scans/café.jpg"
     # "x.jpg " is no JPEG: its extension is quoted, not shown as if real JPEGs were left alone.
     assert describe_not_scans({".jpg ": 1, ".txt": 2}) == "2 .txt, 1 '.jpg '"
+    # A copy stand's raw masters are images this tool does not read: said as such, not as any file.
+    assert describe_not_scans({".dng": 2, ".heic": 1}) == (
+        "2 .dng (an image format runs do not read), 1 .heic (an image format runs do not read)"
+    )
