@@ -472,7 +472,7 @@ def jp2_precision(data: bytes) -> int | None:
 def _colour16(img: Image.Image, data: bytes) -> np.ndarray | None:
     """A 16-bit-per-channel colour TIFF or PNG ("48-bit" scans; Pillow reads them as 8-bit) as
     (H, W, 3 or 4) uint16 RGB(A), upright; None for any other image, or one that cannot be read so.
-    A TIFF's fourth sample is alpha only when its ExtraSamples tag says so.
+    A TIFF's fourth sample is alpha only when its ExtraSamples tag says so (associated or not).
 
     TIFFs by libtiff (imagecodecs): OpenCV 5.0 reads a 16-bit TIFF whose channels are stored one
     plane after another (PlanarConfiguration 2) as noise. PNGs by OpenCV.
@@ -489,9 +489,14 @@ def _colour16(img: Image.Image, data: bytes) -> np.ndarray | None:
             return None
         if img.tag_v2.get(284) == 2 and arr.ndim == 3:  # planes: (S, H, W)
             arr = np.moveaxis(arr, 0, -1)
-        if arr.ndim == 3 and arr.shape[2] > 3 and _first(img.tag_v2.get(338), 0) != 2:  # ExtraSamples
-            # Samples past RGB that are no (unassociated) alpha: a film scanner's infrared channel
-            # (SilverFast's 64-bit HDRi), which as alpha would have washed the scan out towards white.
+        extra = _first(img.tag_v2.get(338), 0) if arr.ndim == 3 and arr.shape[2] > 3 else None  # ExtraSamples
+        if extra == 1:  # associated (premultiplied) alpha: straight colour again, for _on_white
+            alpha = np.maximum(arr[..., 3:4].astype(np.float32), 1)
+            colour = np.clip(arr[..., :3].astype(np.float32) * (65535 / alpha) + 0.5, 0, 65535)
+            arr = np.concatenate([colour.astype(np.uint16), arr[..., 3:4]], axis=2)
+        elif extra is not None and extra != 2:
+            # Samples past RGB that are no alpha: a film scanner's infrared channel (SilverFast's
+            # 64-bit HDRi), which as alpha would have washed the scan out towards white.
             arr = arr[..., :3]
     elif img.format == "PNG" and data[24:25] == b"\x10":  # IHDR's bit depth
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # no rotation

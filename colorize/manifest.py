@@ -122,7 +122,7 @@ def read_csv(storage: Storage, key: str) -> pd.DataFrame:
     where = storage.uri_for(key)
     try:
         frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:  # Empty: 0 bytes
         raise ManifestError(f"{where} cannot be read as a manifest: {err}; {_RESTORE}") from None
     # Columns added since a manifest was written are filled in empty; these it always had.
     if missing := [c for c in ("run_id", "source_uri", "status") if c not in frame]:
@@ -332,6 +332,9 @@ def unfinished_runs(dest: Storage, exclude: str = "") -> Iterator[str]:
             yield parts[0]
 
 
+_FOLDER_REASONS = ("not read: cannot list this folder", "not read: a link to the folder")
+
+
 def finish_run(dest: Storage, run_id: str, listed: str = "") -> pd.DataFrame:
     """Fold a run's parts into ``manifests/<run_id>.csv`` and the ledger; remove the parts.
 
@@ -351,8 +354,11 @@ def finish_run(dest: Storage, run_id: str, listed: str = "") -> pd.DataFrame:
     ledger = read_csv(dest, LEDGER_KEY)
     if listed:
         under, uris = listed.rstrip("/") + "/", ledger["source_uri"]
-        entered = uris.str.endswith("/") & uris.str.startswith(under) & ~uris.isin(set(run["source_uri"]))
-        ledger = ledger[~(entered & (ledger["status"] == "failed"))]
+        # A folder's row: its URI ends in "/", or, written before it did, its reason says it is one.
+        folder = uris.str.endswith("/") | ledger["reason"].str.startswith(_FOLDER_REASONS)
+        reported = set(run["source_uri"])
+        gone = ~uris.isin(reported) & ~(uris + "/").isin(reported)
+        ledger = ledger[~(folder & uris.str.startswith(under) & gone & (ledger["status"] == "failed"))]
     run = carry_forward(run, ledger)
     write_csv(dest, run_key(run_id), run)
     write_csv(dest, LEDGER_KEY, merge_into_ledger(ledger, run))

@@ -424,6 +424,8 @@ def _check_local_folder(dest: Storage) -> None:
     if root.exists() and not root.is_dir():
         raise ValueError(f"the destination {root} is a file, not a folder")
     existing = next(p for p in (root, *root.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise ValueError(f"the destination {root} cannot be made: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
         made = "" if existing == root else f" (it would be made inside {existing})"
         raise ValueError(f"the destination {root} cannot be written by this user{made}: permission denied")

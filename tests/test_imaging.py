@@ -334,7 +334,7 @@ def test_a_64_bit_rgbi_tiffs_infrared_sample_is_not_taken_for_alpha():
 
     rgb = np.dstack([gray_image(30, 40, seed=s, dtype=np.uint16) for s in range(3)])
     infrared = np.full((30, 40), 20000, np.uint16)  # dust shows dark in it; it says nothing of opacity
-    for samples, kind in (("unspecified", "infrared"), ("unassalpha", "alpha")):
+    for samples, kind in (("unspecified", "infrared"), ("unassalpha", "alpha"), ("assocalpha", "alpha")):
         buf = io.BytesIO()
         tifffile.imwrite(buf, np.dstack([rgb, infrared]), photometric="rgb", extrasamples=[samples])
         scan = decode_scan(buf.getvalue())
@@ -343,6 +343,15 @@ def test_a_64_bit_rgbi_tiffs_infrared_sample_is_not_taken_for_alpha():
             assert np.array_equal(scan.gray, luma(rgb))
         else:  # real alpha still goes on white: a third opaque here, so lighter than the pixels
             assert (scan.gray.astype(int) >= luma(rgb)).all() and scan.gray.mean() > luma(rgb).mean() + 5000
+
+    # Premultiplied alpha (ExtraSamples 1): a transparent pixel is white, a half-covered one shows half.
+    straight = np.full((2, 2, 3), 40000, np.uint16)
+    alpha = np.array([[0, 65535], [32768, 65535]], np.uint16)
+    premultiplied = (straight * (alpha[..., None] / 65535)).round().astype(np.uint16)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.dstack([premultiplied, alpha]), photometric="rgb", extrasamples=["assocalpha"])
+    gray = decode_scan(buf.getvalue()).gray.astype(int)
+    assert gray[0, 0] == 65535 and gray[0, 1] == 40000 and abs(gray[1, 0] - (40000 + 65535) / 2) < 4
 
 
 @pytest.mark.parametrize(

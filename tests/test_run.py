@@ -695,9 +695,36 @@ def test_names_at_the_terminal_show_what_they_hold_and_do_nothing():
     # A key's control characters (an escape sequence, a carriage return) would act on the terminal.
     assert printable("s3://scans/odd/ctl\x01here\x1b[2J.jpg") == "s3://scans/odd/ctl\\x01here\\x1b[2J.jpg"
     assert printable("/scans/café.jpg") == "/scans/café.jpg"
+    assert printable("/scans/a\x9b2Jb.jpg") == "/scans/a\\x9b2Jb.jpg"  # C1's CSI, as ESC [ is
     # "x.jpg " is no JPEG: its extension is quoted, not shown as if real JPEGs were left alone.
     assert describe_not_scans({".jpg ": 1, ".txt": 2}) == "2 .txt, 1 '.jpg '"
     # A copy stand's raw masters are images this tool does not read: said as such, not as any file.
     assert describe_not_scans({".dng": 2, ".heic": 1}) == (
         "2 .dng (an image format runs do not read), 1 .heic (an image format runs do not read)"
     )
+
+
+def test_ledger_upkeep_old_folder_rows_empty_ledgers_and_destinations_under_a_file(tmp_path):
+    from colorize.manifest import LEDGER_KEY, ManifestError, ManifestRow, finish_run, read_csv, to_frame, write_csv
+    from colorize.plan import check_destination
+
+    dest = open_storage(str(tmp_path / "dest"))
+    src = "/archive/scans"
+    failed = dict(source_size=0, source_mtime="1970-01-01T00:00:00Z", status="failed")
+    old_rows = [  # written before a folder's URI ended in "/": its reason says it was a folder
+        ManifestRow("r0", f"{src}/box1", reason="not read: cannot list this folder: Permission denied", **failed),
+        ManifestRow("r0", f"{src}2/box1/", reason="not read: cannot list this folder: Permission denied", **failed),
+        ManifestRow("r0", f"{src}/x.jpg", reason="not an image", **failed),
+    ]
+    write_csv(dest, LEDGER_KEY, to_frame(old_rows))
+    finish_run(dest, "20261128T000000Z-abcdef", listed=src)  # a whole run of /archive/scans, box1 read now
+    kept = set(read_csv(dest, LEDGER_KEY)["source_uri"])
+    assert kept == {f"{src}2/box1/", f"{src}/x.jpg"}  # another source's folder, and a file's row, stay
+
+    (tmp_path / "dest" / LEDGER_KEY).write_bytes(b"")  # emptied by hand: said, with what to do
+    with pytest.raises(ManifestError, match="cannot be read as a manifest: .*; the run stops rather than rewrite it"):
+        read_csv(dest, LEDGER_KEY)
+
+    afile = write(tmp_path / "afile", b"x")
+    with pytest.raises(ValueError, match=f"cannot be made: {afile} is a file, not a folder"):
+        check_destination(open_storage(str(tmp_path / "scans")), open_storage(str(afile / "out")))

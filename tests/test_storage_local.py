@@ -50,7 +50,10 @@ def test_a_folder_link_inside_the_root_is_not_written_through(tmp_path):
     store = open_storage(str(dest))
     with pytest.raises(UnsafeKeyError, match=f"{dest / 'box0'} leads out of {dest}, to {scans / 'box0'}"):
         store.write_bytes("box0/a.jpg", b"an output")
+    with pytest.raises(UnsafeKeyError, match="leads out of"):
+        store.write_bytes("box0/1950/reel3/b.jpg", b"an output")  # refused before a folder is made there
     assert (scans / "box0" / "a.jpg").read_bytes() == b"the master"
+    assert [p.name for p in (scans / "box0").iterdir()] == ["a.jpg"]
     store.write_bytes("box1/a.jpg", b"an output")  # real folders are written as ever
     assert (dest / "box1" / "a.jpg").read_bytes() == b"an output"
 

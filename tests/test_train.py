@@ -449,6 +449,12 @@ def test_fine_tuning_starts_from_the_given_weights_and_calibration(photos, tmp_p
     train(same_shape, pairs[1:], pairs[:1], str(tmp_path / "shared-ckpt"))
     with pytest.raises(ValueError, match="checkpoint's training started from random weights, this one from tiny@"):
         train(same_shape, pairs[1:], pairs[:1], str(tmp_path / "shared-ckpt"), resume=True, init_from=start)
+    # A checkpoint from before the start was recorded says nothing of it: resumed, not refused.
+    ckpt_path = tmp_path / "shared-ckpt" / "last.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    del ckpt["init_from"]
+    torch.save(ckpt, ckpt_path)
+    train(same_shape, pairs[1:], pairs[:1], str(tmp_path / "shared-ckpt"), resume=True, init_from=start)
 
 
 def test_rebalancing_changes_the_loss_training_sees_and_is_recorded(photos, tmp_path):

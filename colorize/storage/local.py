@@ -147,9 +147,9 @@ class LocalStorage:
             yield path  # closing the file releases the lock
 
     def _put(self, path: Path, data: bytes) -> None:
+        self._check_inside(path.parent)  # before a folder is made through a link: realpath needs none made
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._check_inside(path.parent)
             staging = self.root / TEMP_DIR
             staging.mkdir(exist_ok=True)
             try:
@@ -165,7 +165,8 @@ class LocalStorage:
 
     def _check_inside(self, folder: Path) -> None:
         """Refuse a folder that a link inside the root takes elsewhere: into the scans' own folder, say,
-        where the output would replace its scan."""
+        where the output would replace its scan. The folder need not exist yet: ``realpath`` follows
+        the links of the part that does."""
         real = Path(os.path.realpath(folder))
         if not real.is_relative_to(self.root):
             raise UnsafeKeyError(

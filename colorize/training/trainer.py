@@ -485,7 +485,7 @@ def train(
             raise ValueError(f"--resume with different settings than the checkpoint: {sorted(changed)}")
         if ckpt["data_fingerprint"] != data_fp:
             raise ValueError("--resume on different training data than the checkpoint was trained on")
-        if (was := ckpt.get("init_from", "")) != started_from:
+        if "init_from" in ckpt and (was := ckpt["init_from"]) != started_from:  # older checkpoints: unknown
             # e.g. a finished training's checkpoint, picked up by a fine-tuning killed before its first
             raise ValueError(
                 f"--resume: the checkpoint's training started from {was or 'random weights'}, this one from "
