@@ -167,14 +167,12 @@ def _echo_failures(failures: list[tuple[str, str]], total: int, where: str, show
 def _check_folders(source: str, dest: str, endpoint_url: str | None) -> None:
     """A local source that is no folder, and a destination that cannot take the outputs, refused at once."""
     from colorize.plan import check_destination
-    from colorize.storage import NoSuchFolderError, open_storage
+    from colorize.storage import open_storage
     from colorize.storage.local import LocalStorage
 
     src, dst = open_storage(source, endpoint_url), open_storage(dest, endpoint_url)
-    if isinstance(src, LocalStorage) and not src.root.is_dir():
-        raise NoSuchFolderError(
-            f"folder {src.root} does not exist" if not src.root.exists() else f"{src.root} is not a folder"
-        )
+    if isinstance(src, LocalStorage):
+        src.require_folder()
     check_destination(src, dst)
 
 
@@ -368,7 +366,6 @@ def models_list(
 
     with _registry_faults():
         reg = Registry(registry, endpoint_url=endpoint_url)
-    with _registry_faults():
         aliases, versions = reg.aliases(), reg.versions()
     if not versions:  # a mistyped registry would otherwise look like an empty one
         raise _fail(f"no model versions in {reg.uri} (is it a registry? `colorize train ... --registry` makes one)", 1)

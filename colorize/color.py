@@ -91,13 +91,14 @@ def gray_to_lightness(gray: np.ndarray) -> np.ndarray:
 _DELTA = 6.0 / 29.0
 
 
-def _srgb_to_linear(v: np.ndarray) -> np.ndarray:
+def srgb_to_linear(v: np.ndarray) -> np.ndarray:
+    """sRGB's decoding curve (IEC 61966-2-1): stored values in [0, 1] -> linear light in [0, 1]."""
     return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
 
 
 def _lightness_exact(gray: np.ndarray) -> np.ndarray:
     """L of neutral sRGB gray in [0, 1] by the CIE formulas in float64 (any shape)."""
-    y = _srgb_to_linear(np.asarray(gray, dtype=np.float64))
+    y = srgb_to_linear(np.asarray(gray, dtype=np.float64))
     return np.where(y > _DELTA**3, 116.0 * np.cbrt(y) - 16.0, y * (116.0 / (3 * _DELTA**2)))
 
 

@@ -20,7 +20,7 @@ import cv2
 import imagecodecs
 import numpy as np
 
-from colorize.color import luma
+from colorize.color import luma, srgb_to_linear
 
 # LittleCMS's own sRGB profile (ICC v4.4, 588 bytes): what pixels are converted to, and what every
 # output that can hold a profile carries (:mod:`colorize.provenance`).
@@ -92,9 +92,7 @@ def png_gamma_profile(file_gamma: float, chromaticity: tuple[float, ...] | None 
 @lru_cache(maxsize=1)
 def _srgb_curve() -> np.ndarray:
     """sRGB's decoding curve (IEC 61966-2-1) as a 4096-entry uint16 table: stored value -> linear light."""
-    v = np.linspace(0.0, 1.0, 4096)
-    linear = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
-    return np.round(linear * 65535).astype(np.uint16)
+    return np.round(srgb_to_linear(np.linspace(0.0, 1.0, 4096)) * 65535).astype(np.uint16)
 
 
 def _wrong_space(kind: str, pixels: str) -> str:

@@ -41,14 +41,19 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def require_folder(self) -> None:
+        """Raise NoSuchFolderError when the root does not exist, StorageError when it is no folder."""
+        if not self.root.exists():
+            raise NoSuchFolderError(f"folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise StorageError(f"{self.root} is not a folder")
+
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         top = self.root / prefix if prefix else self.root
         if not top.is_dir():
             if prefix:
                 return
-            if not self.root.exists():
-                raise NoSuchFolderError(f"folder {self.root} does not exist")
-            raise StorageError(f"{self.root} is not a folder")
+            self.require_folder()
         # os.walk is lazy; names are sorted so that runs (and shards) are reproducible. What it
         # cannot enter or read is listed with the reason, so that a run records it, not skips it.
         unreadable: list[OSError] = []
