@@ -27,6 +27,7 @@ from colorize.detect import detect_colour
 from colorize.imaging import SCAN_EXTENSIONS, ScanError, decode_rgb, decode_scan
 from colorize.storage import (
     ObjectInfo,
+    Storage,
     is_hidden,
     join_uri,
     legible,
@@ -81,16 +82,6 @@ def _is_scan(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in SCAN_EXTENSIONS
 
 
-def _stems(uri: str, folder: str) -> dict[str, str]:
-    """Path inside ``uri/folder`` (``p1.png``, ``box1/p1.png``) -> URI, for the photos under it."""
-    storage = open_storage(join_uri(uri, folder))
-    try:
-        names = [o.key for o in storage.list() if _is_scan(o.key) and _usable(o)]
-    except Exception:  # noqa: BLE001 - a missing optional folder is simply empty
-        return {}
-    return {n: storage.uri_for(n) for n in names}
-
-
 def discover_pairs(uri: str, leave_out: Iterable[str] = ()) -> tuple[list[Pair], list[PairProblem]]:
     """Find the pairs under ``uri`` (a folder, an S3 prefix, or a CSV file), sorted by name.
 
@@ -108,17 +99,15 @@ def _discover(uri: str, leave_out: tuple[str, ...]) -> tuple[list[Pair], list[Pa
     if uri.lower().endswith(".csv"):
         return _csv_pairs(uri)
     root = open_storage(uri)
-    top = {o.key.split("/", 1)[0] for o in root.list() if "/" in o.key}
+    listed = list(root.list())  # once: an S3 prefix is listed by paged requests
+    top = {o.key.split("/", 1)[0] for o in listed if "/" in o.key}
     if "gray" in top and ("resized" in top or "original" in top):
-        pairs, problems = _victorian_pairs(root.uri)
-        outside = [o.key for o in root.list() if _is_scan(o.key) and _usable(o) and o.key.split("/")[0] not in _V400]
-        why = "not in gray/, resized/ or original/, which make this folder the Victorian400 layout: left out"
-        return pairs, problems + [PairProblem(key, why) for key in outside]
+        return _victorian_pairs(root, listed)
     if same := [u for u in leave_out if open_storage(u).uri.rstrip("/") == root.uri.rstrip("/")]:
         raise ValueError(f"{same[0]} (registry or checkpoints) is the folder of pairs itself: give it one of its own")
     inside = tuple(p for p in (nested_prefix(root.uri, u) for u in leave_out) if p)
     pairs, problems = [], []
-    for o in root.list():
+    for o in listed:
         if not _is_scan(o.key) or o.key.startswith(inside) or is_hidden(o.key):
             continue
         if o.problem:  # a pipe named like a photo (reading it would wait for ever), a dead link
@@ -136,8 +125,20 @@ def _usable(o: ObjectInfo) -> bool:
 _V400 = ("gray", "resized", "original")
 
 
-def _victorian_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
-    gray, resized, original = _stems(uri, "gray"), _stems(uri, "resized"), _stems(uri, "original")
+def _victorian_pairs(root: Storage, listed: list[ObjectInfo]) -> tuple[list[Pair], list[PairProblem]]:
+    """Pairs by path inside ``gray/``, ``resized/`` and ``original/`` (``p1.png``, ``box1/p1.png``);
+    photos beside those folders are problems: left out, and said."""
+    stems: dict[str, dict[str, str]] = {folder: {} for folder in _V400}
+    outside = []
+    for o in listed:
+        if not (_is_scan(o.key) and _usable(o)):
+            continue
+        folder, _, name = o.key.partition("/")
+        if folder in stems and name:
+            stems[folder][name] = root.uri_for(o.key)
+        else:
+            outside.append(o.key)
+    gray, resized, original = stems["gray"], stems["resized"], stems["original"]
     pairs, problems = [], []
     for name in sorted(set(gray) | set(resized) | set(original)):
         color = original.get(name) or resized.get(name)
@@ -147,7 +148,8 @@ def _victorian_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
             problems.append(PairProblem(name, "missing partner: neither original/ nor resized/ has it"))
         else:
             pairs.append(Pair(name, color, gray[name]))
-    return pairs, problems
+    why = "not in gray/, resized/ or original/, which make this folder the Victorian400 layout: left out"
+    return pairs, problems + [PairProblem(key, why) for key in outside]
 
 
 def _csv_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
