@@ -105,6 +105,7 @@ def run(
     from colorize.storage import StorageError
 
     if dry_run:
+        _check_device(device.value, dask_address)
         options = dict(
             force=force, redo_older=redo_older, colorize_color=colorize_color, output_format=output_format.value,
             max_pixels=int(max_megapixels * 1e6), endpoint_url=endpoint_url,
@@ -119,10 +120,7 @@ def run(
 
     try:  # what can be told without the Prefect server, before the half minute it takes to start
         _check_folders(source, dest, endpoint_url)
-        if device.value == "cuda" and not dask_address:  # a remote cluster's workers may have the GPUs
-            from colorize.engine import pick_device
-
-            pick_device(device.value)
+        _check_device(device.value, dask_address)
     except (StorageError, ValueError, RuntimeError) as err:
         raise _fail(str(err), 1) from None
     stop_orphaned_prefect_servers()
@@ -162,6 +160,17 @@ def _echo_failures(failures: list[tuple[str, str]], total: int, where: str, show
         typer.echo(f"failed: {printable(uri)}: {printable(reason)}")
     if total > shown:
         typer.echo(f"... and {total - shown} more failed ({where})")
+
+
+def _check_device(device: str, dask_address: str | None) -> None:
+    """``--device cuda`` on a machine without a GPU refused at once (a remote cluster's workers may have them)."""
+    if device == "cuda" and not dask_address:
+        from colorize.engine import pick_device
+
+        try:
+            pick_device(device)
+        except RuntimeError as err:
+            raise _fail(str(err), 1) from None
 
 
 def _check_folders(source: str, dest: str, endpoint_url: str | None) -> None:

@@ -362,10 +362,12 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
         ["run", str(src), str(tmp_path / "o6"), "--model", str(tiny_model), "--registry", "r", "--dry-run"], cli_env
     )
     assert both_models.returncode == 0 and "so the registry r's production model is not used" in both_models.stderr
-    if not torch.cuda.is_available():  # told before the server starts, and nothing made at the destination
-        no_gpu = _cli(["run", str(src), str(tmp_path / "o7"), "--model", str(tiny_model), "--device", "cuda"], cli_env)
-        assert no_gpu.returncode == 1 and "PyTorch sees no CUDA GPU" in no_gpu.stderr
-        assert not (tmp_path / "o7").exists()
+    if not torch.cuda.is_available():  # told before the server starts, in a dry run too; nothing made
+        for dry in ([], ["--dry-run"]):
+            cmd = ["run", str(src), str(tmp_path / "o7"), "--model", str(tiny_model), "--device", "cuda", *dry]
+            no_gpu = _cli(cmd, cli_env)
+            assert no_gpu.returncode == 1 and "PyTorch sees no CUDA GPU" in no_gpu.stderr
+            assert not (tmp_path / "o7").exists()
     not_a_folder = write(tmp_path / "a-file", b"x")  # told before the Prefect server starts, and in a dry run
     for dry in ([], ["--dry-run"]):
         refused = _cli(["run", str(src), str(not_a_folder), "--model", str(tiny_model), *dry], cli_env)
