@@ -40,6 +40,8 @@ class Backend(StrEnum):
 OutputFormat = StrEnum("OutputFormat", {name: name for name in OUTPUT_FORMATS})  # type: ignore[misc]
 
 
+# A flag's metavar: Typer 0.29 otherwise shows "<bool>" beside it, as if it took a value.
+_FLAG = ""
 _Endpoint = Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")]
 
 
@@ -60,13 +62,17 @@ def run(
     backend: Annotated[
         Backend, typer.Option(help="auto: ONNX Runtime on a CPU (when installed), PyTorch on a GPU.")
     ] = Backend.auto,
-    force: Annotated[bool, typer.Option("--force", help="Redo everything, even what is done.")] = False,
+    force: Annotated[bool, typer.Option("--force", metavar=_FLAG, help="Redo everything, even what is done.")] = False,
     redo_older: Annotated[
         bool,
-        typer.Option("--redo-older", help="Redo outputs made by another (older) model, or an older way of colouring."),
+        typer.Option(
+            "--redo-older",
+            metavar=_FLAG,
+            help="Redo outputs made by another (older) model, or an older way of colouring.",
+        ),
     ] = False,
     colorize_color: Annotated[
-        bool, typer.Option("--colorize-color", help="Colorize colour sources too, as gray.")
+        bool, typer.Option("--colorize-color", metavar=_FLAG, help="Colorize colour sources too, as gray.")
     ] = False,
     output_format: Annotated[OutputFormat, typer.Option(help="same keeps each source's format.")] = OutputFormat.same,
     max_megapixels: Annotated[float, typer.Option(min=0.001, help="Refuse larger images before decoding.")] = (
@@ -86,13 +92,16 @@ def run(
     ] = None,
     dask_local: Annotated[int, typer.Option(min=0, help="Run shards on a local Dask cluster of N processes.")] = 0,
     gpu_jpeg: Annotated[
-        bool, typer.Option(help="On a GPU, decode, merge and encode JPEG scans there (nvJPEG).")
+        bool, typer.Option(metavar=_FLAG, help="On a GPU, decode, merge and encode JPEG scans there (nvJPEG).")
     ] = True,
     gpu_slot: Annotated[
         str | None, typer.Option(help="Hold this Prefect global concurrency limit while using the GPU.")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Say what the run would do, from the listing and the ledger; do nothing.")
+        bool,
+        typer.Option(
+            "--dry-run", metavar=_FLAG, help="Say what the run would do, from the listing and the ledger; do nothing."
+        ),
     ] = False,
 ) -> None:
     """Colorize every gray scan under SOURCE into DEST, and record it in DEST/manifest.csv.
@@ -252,8 +261,10 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[Device, typer.Option()] = Device.auto,
     from_model: Annotated[str | None, typer.Option(help="Fine-tune this model instead of starting afresh.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint.")] = False,
-    no_promote: Annotated[bool, typer.Option("--no-promote", help="Register, but never promote.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", metavar=_FLAG, help="Continue from the last checkpoint.")] = False,
+    no_promote: Annotated[
+        bool, typer.Option("--no-promote", metavar=_FLAG, help="Register, but never promote.")
+    ] = False,
     criterion: Annotated[str, typer.Option(help="psnr, ssim, ab_error or colourfulness_diff.")] = "psnr",
     checkpoint_dir: Annotated[str | None, typer.Option(help="Default: REG/checkpoints.")] = None,
     endpoint_url: _Endpoint = None,
@@ -314,7 +325,9 @@ def relocate(
     dest: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix whose manifest.csv to change.")],
     old: Annotated[str, typer.Argument(help="Where the files were: folder or s3://bucket/prefix.")],
     new: Annotated[str, typer.Argument(help="Where they are now.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would change; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", metavar=_FLAG, help="Say what would change; change nothing.")
+    ] = False,
     endpoint_url: _Endpoint = None,
 ) -> None:
     """Tell DEST's ledger that the files it knows under OLD are now under NEW.
@@ -342,7 +355,7 @@ def relocate(
 def inspect(
     file: Annotated[str, typer.Argument(help="An image: path or s3:// URI.")],
     trust: Annotated[str | None, typer.Option(help="PEM root certificates to trust for C2PA (path).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print everything found, as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar=_FLAG, help="Print everything found, as JSON.")] = False,
     endpoint_url: _Endpoint = None,
 ) -> None:
     """Print what FILE says about itself: machine-coloured or not, from which scan, by which model, signed or not.
@@ -452,7 +465,9 @@ class _WithoutTracebacks(logging.Formatter):
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar=_FLAG, help="Debug logging.")] = False,
+) -> None:
     console = logging.StreamHandler()
     layout = "%(levelname)s %(name)s: %(message)s"
     console.setFormatter(logging.Formatter(layout) if verbose else _WithoutTracebacks(layout))
