@@ -4,17 +4,34 @@ Runs leave their host, process id and the process's start time on what they hold
 destination's lease), so that the next run on the same host can tell at once whether the holder
 was killed. The start time matters because process ids are reused: a container restarted after a
 crash numbers its processes from 1 again, so the next run often gets the very id of the killed one.
+And the process ids' space: containers that share the host's name (host networking) each number
+their processes apart, so a run in one sees no process of the other's and must not take it for dead.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import socket
+from pathlib import Path
 
 import psutil
 
 HOST = socket.gethostname()
+
+
+def _pid_space() -> str:
+    """A short name for the process ids this process sees: the kernel's boot and its PID namespace
+    (Linux); "" where neither can be read."""
+    try:
+        seen = Path("/proc/sys/kernel/random/boot_id").read_text().strip() + os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return hashlib.sha256(seen.encode()).hexdigest()[:12]
+
+
+PID_SPACE = _pid_space()
 
 # How far apart two readings of one process's start time may lie: the kernel counts it in clock
 # ticks since boot, and the boot time it is added to is rounded to whole seconds.
@@ -40,6 +57,12 @@ def this_process() -> tuple[int, float]:
     """This process's id and start time (seconds since the epoch), as :func:`process_alive` takes them."""
     pid = os.getpid()  # not cached itself: a forked worker is another process
     return pid, _own_start(pid)
+
+
+def sees_processes_of(host: str, pid_space: str | None) -> bool:
+    """Whether this process can tell if a process of ``host``, in ``pid_space`` (None: recorded
+    before spaces were, taken for this one), lives or not."""
+    return host == HOST and pid_space in (None, PID_SPACE)
 
 
 def process_alive(pid: int, started: float | None = None) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
 
-from colorize.host import HOST, process_alive, this_process
+from colorize.host import HOST, PID_SPACE, process_alive, sees_processes_of, this_process
 from colorize.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class Holder:
     # When the process started (None in leases written before it was recorded): a later process
     # given the same id, as after a container restart, is not the holder.
     pid_started: float | None = None
+    # Whose process ids (colorize.host.PID_SPACE; None in leases written before it was recorded).
+    pid_space: str | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -66,7 +68,7 @@ class Holder:
 
     def is_gone(self, now: float, lease_seconds: float) -> bool:
         """Whether the holder is dead: its process gone from this host, or silent too long."""
-        if self.host == HOST and not process_alive(self.pid, self.pid_started):
+        if sees_processes_of(self.host, self.pid_space) and not process_alive(self.pid, self.pid_started):
             return True
         return now - self.renewed > lease_seconds
 
@@ -100,7 +102,7 @@ class DestinationLease:
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
         now = time.time()
         pid, pid_started = this_process()
-        self._holder = Holder(run_id, HOST, pid, now, now, pid_started)
+        self._holder = Holder(run_id, HOST, pid, now, now, pid_started, PID_SPACE)
         self._version: str | None = None
         self._stop = threading.Event()
         self._lost = threading.Event()
@@ -130,8 +132,9 @@ class DestinationLease:
         """Raise :class:`DestinationBusyError` when another run has taken the lease over."""
         if self._lost.is_set():
             raise DestinationBusyError(
-                f"run {self.run_id} lost the lease of {self.dest.uri} to another run (it did not renew for "
-                f"{self.lease_seconds:.0f} s); its records are left for the next run to fold in"
+                f"run {self.run_id} lost the lease of {self.dest.uri} to another run, which took it for dead "
+                f"(not renewed for {self.lease_seconds:.0f} s, or, from this host, its process not found); "
+                "its records are left for the next run to fold in"
             )
 
     def _take(self) -> None:

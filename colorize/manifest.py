@@ -347,11 +347,26 @@ def finish_run(dest: Storage, run_id: str, listed: str = "") -> pd.DataFrame:
     the ledger's one-row-per-source rule makes harmless.
     """
     keys = _part_keys(dest, run_id)
+    run, ledger = fold_run(dest, run_id, read_csv(dest, LEDGER_KEY), keys, listed)
+    write_csv(dest, run_key(run_id), run)
+    write_csv(dest, LEDGER_KEY, ledger)
+    for key in keys:
+        dest.delete(key)
+    return run
+
+
+def fold_run(
+    dest: Storage, run_id: str, ledger: pd.DataFrame, keys: list[str] | None = None, listed: str = ""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's rows (its parts, ``keys``, and a manifest folded before) and ``ledger`` with them merged.
+
+    Reads only: :func:`finish_run` writes what this returns; a dry run looks at it.
+    """
+    keys = _part_keys(dest, run_id) if keys is None else keys
     frames = [read_csv(dest, k) for k in keys]
     previous = read_csv(dest, run_key(run_id))  # a run folded before, whose parts outlived it
     run = pd.concat([previous, *frames], ignore_index=True) if frames else previous
     run = run.drop_duplicates(subset="source_uri", keep="last").reset_index(drop=True)
-    ledger = read_csv(dest, LEDGER_KEY)
     if listed:
         under, uris = listed.rstrip("/") + "/", ledger["source_uri"]
         # A folder's row: its URI ends in "/", or, written before it did, its reason says it is one.
@@ -360,11 +375,7 @@ def finish_run(dest: Storage, run_id: str, listed: str = "") -> pd.DataFrame:
         gone = ~uris.isin(reported) & ~(uris + "/").isin(reported)
         ledger = ledger[~(folder & uris.str.startswith(under) & gone & (ledger["status"] == "failed"))]
     run = carry_forward(run, ledger)
-    write_csv(dest, run_key(run_id), run)
-    write_csv(dest, LEDGER_KEY, merge_into_ledger(ledger, run))
-    for key in keys:
-        dest.delete(key)
-    return run
+    return run, merge_into_ledger(ledger, run)
 
 
 def relocate(ledger: pd.DataFrame, old: str, new: str) -> tuple[pd.DataFrame, int]:

@@ -95,9 +95,11 @@ class WorkItem:
 
     ``verify_sha256`` is set when the ledger knows this source with a different mtime but the same
     size: the shard hashes the bytes and skips the file if its content is in fact unchanged.
-    ``adopt`` is set when an output is at ``output_key`` that the ledger does not record as this
-    source's: the shard keeps it if its XMP says this scan and this model made it (a run stopped
-    between writing it and recording it, or a ledger lost), instead of making it again.
+    ``adopt`` is set when a file is at ``output_key`` that may not be the output the ledger
+    recorded for this source: the shard keeps it if its XMP says this scan and this model made it
+    (a run stopped between writing it and recording it, or a ledger lost), instead of making it
+    again. ``unrecorded``: the ledger does not give that path to this source, so a file there that
+    this software did not make, or made from another scan, is not to be replaced.
     """
 
     key: str
@@ -108,6 +110,7 @@ class WorkItem:
     output_format: str
     verify_sha256: str = ""
     adopt: bool = False
+    unrecorded: bool = False
     previous: LedgerEntry | None = field(default=None, compare=False)
 
 
@@ -200,8 +203,18 @@ def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEn
     )
 
 
-def _made(entry: LedgerEntry, out_key: str) -> bool:
-    """Whether the ledger's output of a source is ``out_key`` (wherever the destination is mounted)."""
+def _made(entry: LedgerEntry, dest: Storage, out_key: str) -> bool:
+    """Whether the ledger's output of a source is ``out_key`` in ``dest``.
+
+    A recorded URI under another root is of a destination since moved or remounted (without
+    ``colorize relocate``): there the key alone decides. Under this destination's root the URI must
+    be the key's own: a folder of the archive run on its own into the same destination has outputs
+    whose keys end as another's do (``sub/a.jpg`` and ``a.jpg``).
+    """
+    if entry.output_uri == dest.uri_for(out_key):
+        return True
+    if entry.output_uri.startswith(dest.uri.rstrip("/") + "/"):
+        return False
     return entry.output_uri == out_key or entry.output_uri.endswith("/" + out_key)
 
 
@@ -224,6 +237,11 @@ def _clash_with_owner(ledger: Ledger, source: Storage, dest: Storage, uri: str, 
     key = uri[len(root) :]
     if owner.endswith("/" + key):
         old_root = owner[: -len(key) - 1]
+        if root.startswith(old_root + "/"):
+            return (
+                f"is already the output of {owner}, a scan of {old_root}, which holds {source.uri}; "
+                "give this source its own destination"
+            )
         return (
             f"is already the output of {owner}: if the scans under {old_root} moved to {source.uri}, run "
             f"`colorize relocate {dest.uri} {old_root} {source.uri}` once and run again (what was done there is "
@@ -294,7 +312,9 @@ def plan(
         # forced format can make two sources of a folder meet, and two folders can share a
         # destination), and so does the first of this run's to claim it.
         clash = ""
-        unrecorded = not (entry is not None and _made(entry, out_key)) and out_key in outputs_there()
+        recorded = entry is not None and _made(entry, dest, out_key)
+        there = outputs_there().get(out_key)
+        unrecorded = there is not None and not recorded
         if unrecorded and len(ledger):
             clash = _clash_with_owner(ledger, source, dest, uri, out_key)
         if out_key.split("/", 1)[0] == LEDGER_KEY:  # a source folder named manifest.csv
@@ -308,8 +328,14 @@ def plan(
         if opts.output_format != "same":  # only a forced format can make two sources meet
             outputs_seen[out_key] = obj.key
 
-        adopt = unrecorded and not opts.force
-        item = WorkItem(obj.key, obj.size, obj.mtime, obj.etag, out_key, out_fmt, adopt=adopt, previous=entry)
+        # A file at the output's path other than the one recorded (none, or not of that size) may be
+        # what a run killed before recording made: the shard keeps it if its XMP says so. One of
+        # the recorded size is taken for the recorded output, not read again (--redo-older's
+        # millions of outputs would each be read once more for nothing).
+        adopt = there is not None and not opts.force and (unrecorded or entry is None or entry.output_size != there)
+        item = WorkItem(
+            obj.key, obj.size, obj.mtime, obj.etag, out_key, out_fmt, adopt=adopt, unrecorded=unrecorded, previous=entry
+        )
         if entry is not None:
             unchanged = _unchanged(obj, entry)
             if entry.status in DONE_STATUSES and unchanged is not False:
@@ -318,9 +344,8 @@ def plan(
                 # The output at this run's path must be the one the ledger recorded: made in
                 # another format (an earlier --output-format), it is no output of this source.
                 # And whole: an output cut short or emptied since (a failing disk, a hand) is made again.
-                there = outputs_there().get(out_key)
                 whole = there is not None and entry.output_size in (0, there)
-                if whole and _made(entry, out_key) and not (opts.redo_older and older):
+                if whole and recorded and not (opts.redo_older and older):
                     if unchanged:
                         skipped.append(done_row(opts, source, obj, entry, "unchanged since last run"))
                         continue

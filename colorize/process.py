@@ -211,13 +211,16 @@ class ShardProcessor:
     def _adopt(
         self, item: WorkItem, scan: Scan | JpegHeader, sha: str, meta: SourceMetadata, started: float
     ) -> ManifestRow | None:
-        """The row of a file at the output's path that no record names: ``skipped_done`` for an output
-        this scan and this model made, ``failed`` for a file this software did not make (a person's
-        own colour version, say), which is never replaced unless ``--force``; None to make it again.
+        """The row of a file at the output's path that may not be the recorded output of this
+        source: ``skipped_done`` for an output this scan and this model made, whole; ``failed`` for
+        a file no record gives to this source that this software did not make (a person's own colour
+        version, say) or made from another scan (an overlapping run's), which is never replaced
+        unless ``--force``; None to make it again.
 
-        Writes are atomic, so an output there is whole; its XMP says from which scan (sha256), by which
-        model (sha256) and how (colour method). A signing run makes its outputs again: the one
-        found may be unsigned. A BMP holds no XMP, so whose it is cannot be told: it is made again.
+        Its XMP says from which scan (URI and sha256), by which model (sha256) and how (colour
+        method). A scan of the same bytes at another URI is this archive remounted: its output is
+        this one's. A signing run makes its outputs again: the one found may be unsigned. A BMP
+        holds no XMP, so whose it is cannot be told: it is made again.
         """
         if not item.adopt:
             return None
@@ -226,18 +229,29 @@ class ShardProcessor:
         except FileNotFoundError:
             return None
         made = recorded_in(data)
-        if not (made.get("run_id") or made.get("source_sha256")) and item.output_format not in UNMARKED_FORMATS:
+        there = self.dest.uri_for(item.output_key)
+        refusal = ""
+        if not (made.get("run_id") or made.get("source_sha256")):
+            if item.output_format not in UNMARKED_FORMATS:
+                refusal = "neither the ledger nor its metadata says archive-colorize made it"
+        elif made.get("source_uri", "") not in ("", self.source.uri_for(item.key)) and made.get("source_sha256") != sha:
+            refusal = f"its metadata says it was made from another scan, {made['source_uri']}"
+        if refusal and item.unrecorded:
             reason = (
-                f"not written: {self.dest.uri_for(item.output_key)} is already there, and neither the ledger "
-                "nor its metadata says archive-colorize made it; move it away, or pass --force to replace it"
+                f"not written: {there} is already there, and {refusal}; move it away, or pass --force to replace it"
             )
             fields = self._scan_fields(scan, sha)
             return self._row(item, "failed", reason, seconds=time.perf_counter() - started, **fields)
-        if self.signing_key is not None or not self.model_sha256:
+        if refusal or self.signing_key is not None or not self.model_sha256:
             return None
         if (made.get("source_sha256"), made.get("model_sha256"), made.get("colour_method")) != (
             sha, self.model_sha256, COLOUR_METHOD
         ):  # fmt: skip
+            return None
+        try:  # a file cut short (a failing disk, a copy that stopped) keeps the XMP at its head
+            decode_scan(data, self.opts.max_pixels)
+        except ScanError:
+            log.warning("%s: made by this model from this scan but damaged; making it again", there)
             return None
         why = f"found whole, made by run {made.get('run_id') or '?'} before it stopped"
         reason = done_reason(why, self.colorizer.model_id, self._notes(scan, meta))

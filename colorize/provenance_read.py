@@ -48,6 +48,12 @@ def _list_items(values: list[ET.Element | str]) -> str:
     return ", ".join(items) or xmp_text(values)
 
 
+def _file_path(ref: ET.Element) -> ET.Element | str | None:
+    """A resource's ``stRef:filePath``: a child element as we write it, an attribute as exiv2 rewrites it."""
+    child = ref.find(qname("stRef", "filePath"))
+    return child if child is not None else ref.get(qname("stRef", "filePath"))
+
+
 def _xmp_fields(packet: str) -> dict[str, str]:
     """What we (and the scan's cataloguing) say in an XMP packet."""
     meta = parse_packet(packet)
@@ -55,7 +61,7 @@ def _xmp_fields(packet: str) -> dict[str, str]:
     if rdf is None:
         return {}
     refs = [e for e in xmp_values(rdf, "xmpMM", "DerivedFrom") if isinstance(e, ET.Element)]
-    paths: list[ET.Element | str] = [p for e in refs if (p := e.find(qname("stRef", "filePath"))) is not None]
+    paths: list[ET.Element | str] = [p for e in refs if (p := _file_path(e)) is not None]
     out = {
         "digital_source_type": xmp_text(xmp_values(rdf, "Iptc4xmpExt", "DigitalSourceType")),
         "description": lang_alt(xmp_values(rdf, "dc", "description")).get("x-default", ""),

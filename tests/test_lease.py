@@ -114,6 +114,13 @@ def test_a_killed_holders_lease_is_taken_over_at_once_when_its_process_id_went_t
     with DestinationLease(store, "restarted"):
         assert _lease_holder(store).run_id == "restarted"  # type: ignore[union-attr]
         assert _lease_holder(store).pid_started == started  # type: ignore[union-attr]
+    # A run in another container that shares this host's name (host networking) numbers its
+    # processes apart: that its id names no process here says nothing, and it is left its lease.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other_space = Holder("next-door", HOST, int(gone.stdout), now - 60, now - 5, now - 60, pid_space="0" * 12)
+    store.write_bytes(LEASE_KEY, other_space.to_bytes())
+    with pytest.raises(DestinationBusyError, match="in use by run next-door"), DestinationLease(store, "x"):
+        pass
     # A lease from before start times were recorded names the process by its id alone.
     no_start = json.loads(killed_with_my_id.to_bytes())
     del no_start["pid_started"]

@@ -199,6 +199,8 @@ def test_every_format_says_it_is_machine_coloured_from_which_scan_by_which_model
     assert (xmp["colorize:software"], xmp["colorize:softwareVersion"]) == ("archive-colorize", __version__)
     assert xmp["xmp:CreatorTool"] == f"archive-colorize {__version__}"
     assert xmp["colorize:runId"] == summary.run_id and xmp["xmpMM:DocumentID"].startswith("xmp.did:")
+    said = read_provenance(out.read_bytes())  # what `colorize inspect` shows, however exiv2 laid the XMP out
+    assert said["derived_from"] == said["source_uri"] == str(src / key) and said["run_id"] == summary.run_id
     assert ours in _exif(out)[0x010E]  # EXIF ImageDescription, read by Pillow
     if key.endswith(".jp2"):  # its colour specification box names sRGB (method 1, EnumCS 16)
         at = out.read_bytes().index(b"colr")

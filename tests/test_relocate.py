@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from colorize.cli import app
 from colorize.lease import DestinationLease
-from colorize.manifest import relocate
+from colorize.manifest import new_run_id, part_key, relocate
 from colorize.storage import open_storage
 from tests.helpers import encode, gray_image, write
 
@@ -56,8 +56,14 @@ def test_a_moved_archive_is_refused_until_relocated_then_skipped(run, tmp_path, 
     assert f"colorize relocate {dest} {old} {new}" in rows["b.png"].reason
     assert _outputs(dest) == made  # nothing overwritten, nothing redone
 
+    # A run killed before folding its records in: a dry run counts them, and leaves them, and
+    # everything else there, as it was.
+    first = sorted((dest / "manifests").glob("*.csv"))[0]
+    write(dest / part_key(new_run_id(), "shard-000001"), first.read_bytes())
+    before = {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()}
     code, out = _relocate(str(dest), str(old), str(new), "--dry-run")
     assert code == 0 and "would move 2 ledger rows" in out
+    assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
     code, out = _relocate(str(dest), str(old), str(new))
     assert code == 0 and "moved 2 ledger rows" in out
     ledger = pd.read_csv(dest / "manifest.csv", dtype=str, keep_default_na=False)

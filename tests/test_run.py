@@ -520,6 +520,62 @@ def test_outputs_no_record_names_are_kept_when_this_scan_and_model_made_them(run
     assert run(src, dest, other_model, force=True).counts == {"colorized": 3}
 
 
+def test_an_output_is_one_scans_whatever_is_run_into_its_destination_and_whatever_the_ledger_lost(
+    run, tmp_path, tiny_model
+):
+    src, dest = tmp_path / "archive", tmp_path / "colour"
+    write(src / "a.jpg", encode(gray_image(60, 80, seed=1), "JPEG"))
+    write(src / "sub" / "a.jpg", encode(gray_image(60, 80, seed=2), "JPEG"))
+    write(src / "b.jpg", encode(gray_image(300, 400, seed=3), "JPEG"))
+    run(src, dest, tiny_model)
+    outputs = {k: v for k, v in _tree_hashes(dest).items() if k.endswith(".jpg")}
+
+    def forget() -> None:
+        for csv in [dest / "manifest.csv", *(dest / "manifests").glob("*.csv")]:
+            csv.unlink()
+
+    # A folder of the archive run on its own into the archive's destination: sub/a.jpg's output
+    # would be a.jpg, which is the archive's a.jpg's, by the ledger and, the ledger lost, by its XMP.
+    rows = _by_key(_manifest(dest, run(src / "sub", dest, tiny_model).run_id), src / "sub")
+    assert rows["a.jpg"].status == "failed"
+    assert rows["a.jpg"].reason == (
+        f"output a.jpg is already the output of {src / 'a.jpg'}, a scan of {src}, which holds {src / 'sub'}; "
+        "give this source its own destination"
+    )
+    forget()
+    rows = _by_key(_manifest(dest, run(src / "sub", dest, tiny_model).run_id), src / "sub")
+    assert rows["a.jpg"].status == "failed"
+    assert rows["a.jpg"].reason == (
+        f"not written: {dest / 'a.jpg'} is already there, and its metadata says it was made from another scan, "
+        f"{src / 'a.jpg'}; move it away, or pass --force to replace it"
+    )
+    assert {k: v for k, v in _tree_hashes(dest).items() if k.endswith(".jpg")} == outputs
+
+    # The ledger lost and an output cut short since (its XMP, at its head, intact): made again;
+    # the whole ones are kept.
+    forget()
+    b = dest / "b.jpg"
+    b.write_bytes(b.read_bytes()[: b.stat().st_size * 2 // 3])
+    again = run(src, dest, tiny_model)
+    rows = _by_key(_manifest(dest, again.run_id), src)
+    assert rows["b.jpg"].status == "colorized" and decode_scan(b.read_bytes()).width == 400
+    assert recorded_in(b.read_bytes())["run_id"] == again.run_id
+    assert rows["a.jpg"].status == rows["sub/a.jpg"].status == "skipped_done"
+
+    # A changed scan whose new output a killed run wrote but never recorded: kept, not made twice.
+    ledger = {p: p.read_bytes() for p in [dest / "manifest.csv", *(dest / "manifests").glob("*.csv")]}
+    write(src / "b.jpg", encode(gray_image(300, 400, seed=4), "JPEG"))
+    assert _by_key(_manifest(dest, run(src, dest, tiny_model).run_id), src)["b.jpg"].status == "colorized"
+    new_output = b.read_bytes()
+    for csv in [dest / "manifest.csv", *(dest / "manifests").glob("*.csv")]:
+        csv.unlink()
+    for path, data in ledger.items():
+        path.write_bytes(data)
+    rows = _by_key(_manifest(dest, run(src, dest, tiny_model).run_id), src)
+    assert rows["b.jpg"].status == "skipped_done" and "found whole" in rows["b.jpg"].reason
+    assert b.read_bytes() == new_output
+
+
 def test_a_ledger_that_is_no_longer_one_stops_the_run_and_is_left_as_it_is(run, tmp_path, tiny_model):
     import csv
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from colorize.host import HOST, this_process
+from colorize.host import HOST, PID_SPACE, this_process
 from colorize.storage import StorageError, UnsafeKeyError, check_key, open_storage
 from colorize.storage.local import TEMP_DIR, TEMP_PREFIX
 
@@ -100,14 +100,18 @@ def test_sweep_removes_only_what_dead_writers_left(tmp_path):
     pid, started = this_process()
     alive_started = staging / f"{TEMP_PREFIX}{pid}.{started:.2f}@{HOST}-mno345"  # ... by id and start
     reused = staging / f"{TEMP_PREFIX}{pid}.{started - 3600:.2f}@{HOST}-pqr678"  # a killed run with my id
+    # A container's beside this one, sharing its host name: the id, gone here, may live there.
+    next_door = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}.{started:.2f}+{'0' * 12}@{HOST}-stu901"
+    mine_now = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}.{started:.2f}+{PID_SPACE}@{HOST}-vwx234"  # dead
     foreign = staging / f"{TEMP_PREFIX}42@other-host-ghi789"  # another machine's, recent
     old_foreign = staging / f"{TEMP_PREFIX}42@other-host-jkl012"
-    for path in (dead, alive, alive_started, reused, foreign, old_foreign):
+    for path in (dead, alive, alive_started, reused, foreign, old_foreign, next_door, mine_now):
         path.write_bytes(b"partial")
     day_ago = time.time() - 25 * 3600
     os.utime(old_foreign, (day_ago, day_ago))
-    assert store.sweep_temp() == 3
-    assert sorted(p.name for p in staging.iterdir()) == sorted([alive.name, alive_started.name, foreign.name])
+    assert store.sweep_temp() == 4
+    kept = [alive.name, alive_started.name, foreign.name, next_door.name]
+    assert sorted(p.name for p in staging.iterdir()) == sorted(kept)
     assert (tmp_path / "x.jpg").read_bytes() == b"x"
 
 

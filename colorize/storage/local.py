@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from colorize.host import HOST, process_alive, this_process
+from colorize.host import HOST, PID_SPACE, process_alive, sees_processes_of, this_process
 from colorize.storage import NoSuchFolderError, ObjectInfo, StorageError, UnsafeKeyError, check_key
 
 # Temporary files start with this, so that a listing (and a rerun after a kill) never takes one
@@ -219,7 +219,7 @@ def _version(data: bytes) -> str:
 def _write_atomically(path: Path, data: bytes, staging: Path) -> None:
     """Write to a temp file in ``staging`` (same filesystem as ``path``), then rename it into place."""
     pid, started = this_process()
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{pid}.{started:.2f}@{HOST}-", dir=staging)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{pid}.{started:.2f}+{PID_SPACE}@{HOST}-", dir=staging)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -236,8 +236,10 @@ def _is_stale(entry: Path) -> bool:
     """Whether a temp file's writer is gone (see :meth:`LocalStorage.sweep_temp`)."""
     writer, _, rest = entry.name[len(TEMP_PREFIX) :].partition("@")
     host = rest.rpartition("-")[0]
-    pid_text, _, started_text = writer.partition(".")  # "PID.START", or "PID" in files named before the start was
-    if host == HOST and pid_text.isdigit():
+    # "PID.START+SPACE"; "PID.START" or "PID" in files named before the space or the start was.
+    writer, plus, space = writer.partition("+")
+    pid_text, _, started_text = writer.partition(".")
+    if sees_processes_of(host, space if plus else None) and pid_text.isdigit():
         try:
             started = float(started_text) if started_text else None
         except ValueError:
