@@ -130,6 +130,10 @@ def run(
     try:  # what can be told without the Prefect server, before the half minute it takes to start
         _check_folders(source, dest, endpoint_url)
         _check_device(device.value, dask_address)
+        if dask_address or dask_local > 0:
+            from flows.runners import require_dask
+
+            require_dask()
     except (StorageError, ValueError, RuntimeError) as err:
         raise _fail(str(err), 1) from None
     stop_orphaned_prefect_servers()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
@@ -25,7 +23,7 @@ from colorize.plan import RunOptions, Shard, SkipBatch, describe_not_scans, new_
 from colorize.process import ShardProcessor
 from colorize.report import DEFAULT_SAMPLE, report_link, write_report
 from colorize.storage import StorageError, open_storage
-from flows.runners import current_api_url, shard_resources, shard_runner, share_api_url
+from flows.runners import current_api_url, gpu_slot_held, shard_resources, shard_runner, share_api_url
 
 # Failures a run's summary names (the artifact, the CLI's first lines); the manifest has them all.
 SUMMARY_FAILURES = 20
@@ -240,7 +238,7 @@ def colorize_archive(
     with DestinationLease(open_storage(dest, endpoint_url), opts.run_id) as lease:
         recover_killed_runs(opts)
         # One model on a GPU at a time on a single host (deploy/README.md); Dask workers use GPU resources.
-        with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
+        with gpu_slot_held(gpu_slot):
             if on_dask:
                 share_api_url(current_api_url())
             runner = shard_runner(dask_address, dask_local, device)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from PIL import Image
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 
 from colorize.evaluate import eval_pairs
 from colorize.lease import DestinationLease
@@ -21,6 +19,7 @@ from colorize.storage import open_storage
 from colorize.training.pairs import LoadedPair, PairProblem, discover_pairs, is_validation, load_pairs
 from colorize.training.promotion import CRITERIA, is_better
 from colorize.training.trainer import TrainConfig, TrainResult, evaluate_model, train
+from flows.runners import gpu_slot_held
 
 # Pairs are held in memory at this short side: the trainer crops from 286px squares and the
 # held-out evaluation looks at up to 768px, so more would only cost memory.
@@ -189,7 +188,7 @@ def retrain(
         check_production_loads(registry)  # now, not after hours of training
         trn, val, problems = gather_pairs(pairs, cfg.val_fraction, (open_storage(registry).uri, checkpoint_store.uri))
         # One model on a GPU at a time (issue 6): training, then the production model on the held-out pairs.
-        with concurrency(gpu_slot, occupy=1, strict=True) if gpu_slot else nullcontext():
+        with gpu_slot_held(gpu_slot):
             result = train_candidate(cfg, trn, val, checkpoints, resume, from_model, progress)
             production = production_quality(registry, cfg, val)
     summary = register_and_decide(registry, result, production, criterion, promote, problems)

@@ -10,6 +10,7 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from prefect.concurrency.sync import concurrency
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 # A Dask worker advertises this resource when it has a GPU (``dask worker --resources GPU=1``);
@@ -32,6 +33,7 @@ def shard_runner(dask_address: str | None, dask_local: int, device: str) -> Task
     """
     if not dask_address and dask_local <= 0:
         return ThreadPoolTaskRunner(max_workers=1)
+    require_dask()
     from prefect_dask import DaskTaskRunner
 
     if dask_address:
@@ -40,6 +42,38 @@ def shard_runner(dask_address: str | None, dask_local: int, device: str) -> Task
     if device == "cuda":
         cluster["resources"] = {GPU_RESOURCE: 1}
     return DaskTaskRunner(cluster_kwargs=cluster)
+
+
+def require_dask() -> None:
+    """Raise RuntimeError, naming the extra to install, where prefect-dask is not installed."""
+    try:
+        import prefect_dask  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            f"running shards on Dask (--dask-local, --dask-address) needs prefect-dask ({err}): "
+            "pip install 'archive-colorize[dask]'"
+        ) from None
+
+
+def gpu_slot_held(gpu_slot: str | None) -> AbstractContextManager[Any]:
+    """Around a flow's GPU work: hold the Prefect global concurrency limit ``gpu_slot`` (None: none).
+
+    A limit that does not exist is refused with how to make it (Prefect's own error is a traceback).
+    """
+    if not gpu_slot:
+        return nullcontext()
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(gpu_slot)
+        except ObjectNotFound:
+            raise RuntimeError(
+                f"the GPU slot {gpu_slot!r} is no global concurrency limit of this Prefect server: create it "
+                f"(prefect gcl create {gpu_slot} --limit 1; deploy/README.md), or run without one"
+            ) from None
+    return concurrency(gpu_slot, occupy=1, strict=True)
 
 
 def shard_resources(dask: bool, device: str) -> AbstractContextManager[Any]:

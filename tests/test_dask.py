@@ -41,3 +41,19 @@ def test_runner_choice():
     assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://scheduler:8786"
     local = shard_runner(None, 3, "cuda")
     assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["resources"] == {GPU_RESOURCE: 1}
+
+
+def test_dask_options_without_the_dask_extra_are_refused_naming_it_before_anything_starts(tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from colorize.cli import app
+
+    monkeypatch.setitem(sys.modules, "prefect_dask", None)  # as on an install without '.[dask]'
+    write(tmp_path / "scans" / "a.png", encode(gray_image(40, 40), "PNG"))
+    for how in (["--dask-local", "2"], ["--dask-address", "tcp://127.0.0.1:1"]):
+        result = CliRunner().invoke(app, ["run", str(tmp_path / "scans"), str(tmp_path / "out"), *how])
+        assert result.exit_code == 1, result.output
+        assert "needs prefect-dask" in result.output and "pip install 'archive-colorize[dask]'" in result.output
+        assert not (tmp_path / "out").exists()

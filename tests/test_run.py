@@ -392,6 +392,16 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     assert both.returncode == 1 and "not both" in both.stderr and not (tmp_path / "out5").exists()
 
 
+def test_a_gpu_slot_the_server_does_not_have_is_refused_saying_how_to_make_it(run, tmp_path, tiny_model):
+    src, dest = tmp_path / "scans", tmp_path / "colour"
+    write(src / "a.png", encode(gray_image(40, 40), "PNG"))
+    with pytest.raises(
+        RuntimeError, match=r"the GPU slot .no-such-slot. is no global .* \(prefect gcl create no-such-slot --limit 1;"
+    ):
+        run(src, dest, tiny_model, gpu_slot="no-such-slot")
+    assert not (dest / "a.png").exists() and not (dest / LEASE_KEY).exists()
+
+
 def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(run, tmp_path, tiny_model):
     from typer.testing import CliRunner
 
