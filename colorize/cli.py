@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -121,6 +122,8 @@ def run(
         )  # fmt: skip
         try:
             _dry_run(source, dest, model, registry, options)
+        except BrokenPipeError:  # read by `head`, which had what it wanted
+            raise _reader_gone() from None
         except (ModelNotFoundError, StorageError, OSError, ValueError) as err:
             raise _fail(str(err), 1) from None
         return
@@ -173,6 +176,16 @@ def _echo_failures(failures: list[tuple[str, str]], total: int, where: str, show
         typer.echo(f"failed: {printable(uri)}: {printable(reason)}")
     if total > shown:
         typer.echo(f"... and {total - shown} more failed ({where})")
+
+
+def _reader_gone() -> typer.Exit:
+    """Leave quietly, as a tool killed by SIGPIPE would (141), when stdout's reader has gone.
+
+    Python ignores SIGPIPE, so the write raised instead; stdout goes to /dev/null so that the flush
+    at exit does not raise again.
+    """
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return typer.Exit(128 + signal.SIGPIPE)
 
 
 def _check_device(device: str, dask_address: str | None) -> None:

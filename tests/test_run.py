@@ -391,6 +391,16 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     )
     assert both.returncode == 1 and "not both" in both.stderr and not (tmp_path / "out5").exists()
 
+    # `colorize run ... --dry-run | head -1`: the reader gone, the dry run leaves as `yes` would.
+    piped = subprocess.Popen(
+        [sys.executable, "-m", "colorize.cli", "run", str(src), str(tmp_path / "o8"), *args, "--dry-run"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert piped.stdout is not None
+    piped.stdout.close()
+    _, stderr = piped.communicate(timeout=300)
+    assert piped.returncode == 141 and b"Broken pipe" not in stderr and b"Errno" not in stderr, stderr
+
 
 def test_a_gpu_slot_the_server_does_not_have_is_refused_saying_how_to_make_it(run, tmp_path, tiny_model):
     src, dest = tmp_path / "scans", tmp_path / "colour"

@@ -21,6 +21,7 @@ message, never request headers or anything from the credentials.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,7 +44,10 @@ from botocore.exceptions import (
 
 from colorize.storage import ObjectInfo, StorageError, check_key
 
+log = logging.getLogger(__name__)
+
 MiB = 1024 * 1024
+PRESIGN_MAX_SECONDS = 7 * 24 * 3600  # SigV4's limit on a presigned link's lifetime
 # Below this, one PutObject; above, a multipart upload by boto3's transfer manager. S3 takes up
 # to 5 GiB in one PUT, but a multipart upload retries a failed part, not the whole object.
 DEFAULT_MULTIPART_THRESHOLD = 64 * MiB
@@ -296,12 +300,16 @@ class S3Storage:
 
         Such a link is a bearer capability by design: it carries the access key ID (never the
         secret) and, under temporary credentials, the session token, and works for anyone until it
-        expires. SigV4 caps ``expires_in`` at 7 days; a session token's own expiry may come first.
+        expires. SigV4 caps ``expires_in`` at 7 days: a longer one is given 7 (S3 refuses a link
+        signed for longer, on every use); a session token's own expiry may come first.
         """
         full = self._key(key)
+        if expires_in > PRESIGN_MAX_SECONDS:
+            log.warning("a presigned link lasts at most 7 days (SigV4): %s s asked, 604800 given", expires_in)
         with self._faults("generate_presigned_url", full):
             return str(self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": full}, ExpiresIn=int(expires_in)
+                "get_object", Params={"Bucket": self.bucket, "Key": full},
+                ExpiresIn=min(int(expires_in), PRESIGN_MAX_SECONDS),
             ))  # fmt: skip
 
     @contextmanager
