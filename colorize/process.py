@@ -155,6 +155,11 @@ class ShardProcessor:
             data = self.source.read_bytes(item.key)
         except FileNotFoundError:
             return self._row(item, "failed", "source file disappeared between listing and reading")
+        if len(data) != item.size:  # a scanner still writing it, or a replacement: its row would mix the two
+            return self._row(
+                item, "failed", f"source file changed between listing ({item.size} bytes) and reading ({len(data)} "
+                "bytes): still being written, or replaced; the next run takes it as it is then",
+            )  # fmt: skip
         sha = hashlib.sha256(data).hexdigest()
         if item.verify_sha256 and sha == item.verify_sha256 and item.previous is not None:
             obj = ObjectInfo(item.key, item.size, item.mtime, item.etag)

@@ -175,3 +175,29 @@ def test_outputs_opencv_writes_keep_the_scans_resolution_depth_and_provenance(tm
         assert tuple(round(v) for v in Image.open(tmp_path / "out" / name).info["dpi"]) == (dpi, dpi)
         assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).dtype == dtype
         assert read_provenance(data)["source_sha256"] == row.source_sha256
+
+
+def test_a_scan_that_grew_since_it_was_listed_is_left_for_the_next_run(tmp_path: Path, tiny_model: Path):
+    """A scanner still writing into the folder the run listed: the file read is not the file listed."""
+    from colorize.storage import open_storage
+
+    src = tmp_path / "src"
+    write(src / "done.png", encode(gray_image(60, 80, seed=1), "PNG"))
+    whole = encode(gray_image(60, 80, seed=2), "PNG")
+    write(src / "arriving.png", whole[: len(whole) // 2])
+    loaded = load_model(str(tiny_model))
+    opts = RunOptions(run_id=new_run_id(), source=str(src), dest=str(tmp_path / "out"), model=str(tiny_model),
+                      model_id=loaded.model_id)  # fmt: skip
+    source, dest = open_storage(opts.source), open_storage(opts.dest)
+    items = [WorkItem(o.key, o.size, o.mtime, None, o.key, "PNG") for o in source.list()]
+    (src / "arriving.png").write_bytes(whole)  # the rest arrives after the listing
+    rows = {
+        r.source_uri.rpartition("/")[2]: r
+        for r in ShardProcessor(opts, Colorizer(loaded, "cpu"), source, dest).run(items)
+    }
+    assert rows["done.png"].status == "colorized"
+    assert rows["arriving.png"].status == "failed" and rows["arriving.png"].reason == (
+        f"source file changed between listing ({len(whole) // 2} bytes) and reading ({len(whole)} bytes): "
+        "still being written, or replaced; the next run takes it as it is then"
+    )
+    assert not (tmp_path / "out" / "arriving.png").exists()
