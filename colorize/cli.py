@@ -133,11 +133,12 @@ def run(
     try:  # what can be told without the Prefect server, before the half minute it takes to start
         _check_folders(source, dest, endpoint_url)
         _check_device(device.value, dask_address)
+        _check_model(model, registry, endpoint_url)
         if dask_address or dask_local > 0:
             from flows.runners import require_dask
 
             require_dask()
-    except (StorageError, ValueError, RuntimeError) as err:
+    except (ModelNotFoundError, StorageError, ValueError, RuntimeError) as err:
         raise _fail(str(err), 1) from None
     stop_orphaned_prefect_servers()
     try:
@@ -197,6 +198,14 @@ def _check_device(device: str, dask_address: str | None) -> None:
             pick_device(device)
         except RuntimeError as err:
             raise _fail(str(err), 1) from None
+
+
+def _check_model(model: str | None, registry: str | None, endpoint_url: str | None) -> None:
+    """A model that is not where it was said to be refused at once (the run resolves it again, and
+    says there when a --model overrides a registry)."""
+    from colorize.modelfile import resolve_model_spec
+
+    resolve_model_spec(model, None if model else registry, endpoint_url)
 
 
 def _check_folders(source: str, dest: str, endpoint_url: str | None) -> None:

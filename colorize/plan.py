@@ -396,8 +396,9 @@ class Preview:
     """What a run would do, from its plan alone: the listing and the ledger, no file read.
 
     ``colorize`` counts the scans a run would read: of them, ``verify`` are skipped after all if their
-    content turns out unchanged (only their mtime or ETag moved), and ``adopt`` have an output at
-    their path that no record gives them, kept if its XMP says this scan and model made it.
+    content turns out unchanged (only their mtime or ETag moved), and ``adopt`` have a file at
+    their output path that may not be their recorded output, kept if its XMP says this scan and
+    model made it.
     ``decided`` counts the rows the plan settles unread, by status.
     """
 
