@@ -201,11 +201,11 @@ def _check_device(device: str, dask_address: str | None) -> None:
 
 
 def _check_model(model: str | None, registry: str | None, endpoint_url: str | None) -> None:
-    """A model that is not where it was said to be refused at once (the run resolves it again, and
-    says there when a --model overrides a registry)."""
-    from colorize.modelfile import resolve_model_spec
+    """A model that is not where it was said to be refused at once: resolved and its weights read and
+    hashed, as the run does again (and says there when a --model overrides a registry)."""
+    from colorize.modelfile import model_identity, resolve_model_spec
 
-    resolve_model_spec(model, None if model else registry, endpoint_url)
+    model_identity(resolve_model_spec(model, None if model else registry, endpoint_url), endpoint_url)
 
 
 def _check_folders(source: str, dest: str, endpoint_url: str | None) -> None:

@@ -4,8 +4,10 @@ Runs leave their host, process id and the process's start time on what they hold
 destination's lease), so that the next run on the same host can tell at once whether the holder
 was killed. The start time matters because process ids are reused: a container restarted after a
 crash numbers its processes from 1 again, so the next run often gets the very id of the killed one.
-And the process ids' space: containers that share the host's name (host networking) each number
-their processes apart, so a run in one sees no process of the other's and must not take it for dead.
+And the process ids' space (boot and PID namespace): containers that share the host's name (host
+networking) each number their processes apart, so a run in one sees no process of the other's and
+must not take it for dead; nor can it tell a container's processes from before its restart. Those
+are left to time (the lease's 10 minutes, a temp file's day); after a reboot, all are gone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import hashlib
 import os
 import socket
+from enum import Enum
 from pathlib import Path
 
 import psutil
@@ -22,16 +25,43 @@ HOST = socket.gethostname()
 
 
 def _pid_space() -> str:
-    """A short name for the process ids this process sees: the kernel's boot and its PID namespace
-    (Linux); "" where neither can be read."""
+    """A short name for the process ids this process sees: 8 hex digits for the kernel's boot, 8 for
+    its PID namespace (Linux); "" where they cannot be read."""
     try:
-        seen = Path("/proc/sys/kernel/random/boot_id").read_text().strip() + os.readlink("/proc/self/ns/pid")
+        boot, namespace = Path("/proc/sys/kernel/random/boot_id").read_text().strip(), os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
-    return hashlib.sha256(seen.encode()).hexdigest()[:12]
+    return "".join(hashlib.sha256(text.encode()).hexdigest()[:8] for text in (boot, namespace))
 
 
 PID_SPACE = _pid_space()
+
+
+class Seen(Enum):
+    """What this process can tell about another's process: whether it lives (``VISIBLE``), that it
+    is gone for sure (``GONE``: its machine rebooted since), or nothing (``UNKNOWN``)."""
+
+    VISIBLE = "visible"
+    GONE = "gone"
+    UNKNOWN = "unknown"
+
+
+def seen_from_here(host: str, pid_space: str | None) -> Seen:
+    """How a process of ``host``, in ``pid_space`` (None: recorded before spaces were, taken for
+    this one), is seen from this one.
+
+    Another PID namespace on this host is another container sharing the host's name (host
+    networking), or this container before a restart: its ids name nothing here, so whether the
+    process lives cannot be told. Another boot of this host means it is gone.
+    """
+    if host != HOST:
+        return Seen.UNKNOWN
+    if pid_space is None or pid_space == PID_SPACE:
+        return Seen.VISIBLE
+    if len(pid_space) == len(PID_SPACE) == 16 and pid_space[:8] != PID_SPACE[:8]:
+        return Seen.GONE
+    return Seen.UNKNOWN
+
 
 # How far apart two readings of one process's start time may lie: the kernel counts it in clock
 # ticks since boot, and the boot time it is added to is rounded to whole seconds.
@@ -57,12 +87,6 @@ def this_process() -> tuple[int, float]:
     """This process's id and start time (seconds since the epoch), as :func:`process_alive` takes them."""
     pid = os.getpid()  # not cached itself: a forked worker is another process
     return pid, _own_start(pid)
-
-
-def sees_processes_of(host: str, pid_space: str | None) -> bool:
-    """Whether this process can tell if a process of ``host``, in ``pid_space`` (None: recorded
-    before spaces were, taken for this one), lives or not."""
-    return host == HOST and pid_space in (None, PID_SPACE)
 
 
 def process_alive(pid: int, started: float | None = None) -> bool:

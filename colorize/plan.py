@@ -8,6 +8,7 @@ is the ledger (a hash map, one entry per source ever seen) and the set of output
 from __future__ import annotations
 
 import os
+import posixpath
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -233,7 +234,13 @@ def _clash_with_owner(ledger: Ledger, source: Storage, dest: Storage, uri: str, 
         return ""
     root = source.uri.rstrip("/") + "/"
     if owner.startswith(root):
-        return f"is already the output of {owner[len(root) :]}; rename one of them"
+        owner_key = owner[len(root) :]
+        if posixpath.dirname(owner_key) != posixpath.dirname(out_key):  # a format never moves an output
+            return (
+                f"is already the output of {owner_key}, written there by a run of its folder into this "
+                f"destination; give that folder's runs their own destination"
+            )
+        return f"is already the output of {owner_key}; rename one of them"
     key = uri[len(root) :]
     if owner.endswith("/" + key):
         old_root = owner[: -len(key) - 1]
@@ -313,6 +320,7 @@ def plan(
         # destination), and so does the first of this run's to claim it.
         clash = ""
         recorded = entry is not None and _made(entry, dest, out_key)
+        exact = recorded and entry is not None and entry.output_uri == dest.uri_for(out_key)
         there = outputs_there().get(out_key)
         unrecorded = there is not None and not recorded
         if unrecorded and len(ledger):
@@ -328,11 +336,14 @@ def plan(
         if opts.output_format != "same":  # only a forced format can make two sources meet
             outputs_seen[out_key] = obj.key
 
-        # A file at the output's path other than the one recorded (none, or not of that size) may be
-        # what a run killed before recording made: the shard keeps it if its XMP says so. One of
-        # the recorded size is taken for the recorded output, not read again (--redo-older's
-        # millions of outputs would each be read once more for nothing).
-        adopt = there is not None and not opts.force and (unrecorded or entry is None or entry.output_size != there)
+        # A file at the output's path other than the one recorded (none, one recorded under a
+        # destination since moved, or not of that size) may be what a run killed before recording
+        # made: the shard keeps it if its XMP says so, and refuses it if its XMP names another scan.
+        # One of the recorded size is taken for the recorded output, not read again (--redo-older's
+        # millions of outputs would each be read once more for nothing), nor is one of a ledger
+        # that recorded no sizes.
+        adopt = there is not None and not opts.force
+        adopt = adopt and (not exact or (entry is not None and entry.output_size not in (0, there)))
         item = WorkItem(
             obj.key, obj.size, obj.mtime, obj.etag, out_key, out_fmt, adopt=adopt, unrecorded=unrecorded, previous=entry
         )

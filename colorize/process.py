@@ -219,8 +219,8 @@ class ShardProcessor:
         """The row of a file at the output's path that may not be the recorded output of this
         source: ``skipped_done`` for an output this scan and this model made, whole; ``failed`` for
         a file no record gives to this source that this software did not make (a person's own colour
-        version, say) or made from another scan (an overlapping run's), which is never replaced
-        unless ``--force``; None to make it again.
+        version, say), and for any made from another scan (an overlapping run's), which are never
+        replaced unless ``--force``; None to make it again.
 
         Its XMP says from which scan (URI and sha256), by which model (sha256) and how (colour
         method). A scan of the same bytes at another URI is this archive remounted: its output is
@@ -241,7 +241,7 @@ class ShardProcessor:
                 refusal = "neither the ledger nor its metadata says archive-colorize made it"
         elif made.get("source_uri", "") not in ("", self.source.uri_for(item.key)) and made.get("source_sha256") != sha:
             refusal = f"its metadata says it was made from another scan, {made['source_uri']}"
-        if refusal and item.unrecorded:
+        if refusal and (item.unrecorded or made.get("source_uri")):  # another scan's output: never overwritten
             reason = (
                 f"not written: {there} is already there, and {refusal}; move it away, or pass --force to replace it"
             )

@@ -49,9 +49,17 @@ def _list_items(values: list[ET.Element | str]) -> str:
 
 
 def _file_path(ref: ET.Element) -> ET.Element | str | None:
-    """A resource's ``stRef:filePath``: a child element as we write it, an attribute as exiv2 rewrites it."""
-    child = ref.find(qname("stRef", "filePath"))
-    return child if child is not None else ref.get(qname("stRef", "filePath"))
+    """A resource's ``stRef:filePath``: a child element as we write it, an attribute as exiv2 rewrites
+    it, either inside an ``rdf:Description`` as Adobe's tools write it."""
+    for node in (ref, ref.find(qname("rdf", "Description"))):
+        if node is None:
+            continue
+        child = node.find(qname("stRef", "filePath"))
+        if child is not None:
+            return child
+        if (attribute := node.get(qname("stRef", "filePath"))) is not None:
+            return attribute
+    return None
 
 
 def _xmp_fields(packet: str) -> dict[str, str]:

@@ -10,12 +10,13 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from threading import Barrier
 
 import boto3
 import pytest
 
-from colorize.host import HOST, this_process
+from colorize.host import HOST, PID_SPACE, this_process
 from colorize.lease import LEASE_KEY, DestinationBusyError, DestinationLease, Holder
 from colorize.storage import Storage, open_storage
 from colorize.storage.s3 import S3Storage
@@ -117,10 +118,16 @@ def test_a_killed_holders_lease_is_taken_over_at_once_when_its_process_id_went_t
     # A run in another container that shares this host's name (host networking) numbers its
     # processes apart: that its id names no process here says nothing, and it is left its lease.
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    other_space = Holder("next-door", HOST, int(gone.stdout), now - 60, now - 5, now - 60, pid_space="0" * 12)
+    next_door = PID_SPACE[:8] + "0" * 8  # this boot, another PID namespace
+    other_space = Holder("next-door", HOST, int(gone.stdout), now - 60, now - 5, now - 60, pid_space=next_door)
     store.write_bytes(LEASE_KEY, other_space.to_bytes())
     with pytest.raises(DestinationBusyError, match="in use by run next-door"), DestinationLease(store, "x"):
         pass
+    # One from before this host's last boot is gone, whatever its container.
+    before_boot = replace(other_space, run_id="before-reboot", pid_space="0" * 8 + PID_SPACE[8:])
+    store.write_bytes(LEASE_KEY, before_boot.to_bytes())
+    with DestinationLease(store, "after-reboot"):
+        assert _lease_holder(store).run_id == "after-reboot"  # type: ignore[union-attr]
     # A lease from before start times were recorded names the process by its id alone.
     no_start = json.loads(killed_with_my_id.to_bytes())
     del no_start["pid_started"]

@@ -545,3 +545,23 @@ def test_a_description_that_is_no_language_alternative_stays_the_default_one_and
     out = embed(encode(gray_image(40, 50), "JPEG"), "JPEG", meta, info, [])
     described = pyexiv2.ImageData(out).read_xmp()["Xmp.dc.description"]
     assert described == {'lang="x-default"': f"Harbour, box 3\n\n{info.description}"}
+
+
+@pytest.mark.parametrize(
+    "derived",
+    [
+        '<xmpMM:DerivedFrom rdf:parseType="Resource"><stRef:filePath>/scans/a.tif</stRef:filePath></xmpMM:DerivedFrom>',
+        '<xmpMM:DerivedFrom stRef:filePath="/scans/a.tif"/>',  # exiv2's rewrite
+        '<xmpMM:DerivedFrom><rdf:Description stRef:filePath="/scans/a.tif"/></xmpMM:DerivedFrom>',  # Adobe's
+        "<xmpMM:DerivedFrom><rdf:Description><stRef:filePath>/scans/a.tif</stRef:filePath></rdf:Description>"
+        "</xmpMM:DerivedFrom>",
+    ],
+)
+def test_inspect_reads_the_parent_a_file_says_it_was_derived_from_in_every_layout(derived):
+    packet = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmpMM="http://ns.adobe.com/xap/1.0/mm/" '
+        f'xmlns:stRef="http://ns.adobe.com/xap/1.0/sType/ResourceRef#">{derived}</rdf:Description>'
+        "</rdf:RDF></x:xmpmeta>"
+    )
+    assert read_provenance(encode(gray_image(40, 50), "JPEG", xmp=packet.encode()))["derived_from"] == "/scans/a.tif"

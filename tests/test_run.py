@@ -380,9 +380,10 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     assert set(rows.loc[rows["status"] == "colorized", "model_id"]) == {load_model().model_id}
     assert load_model().model_id.startswith("starter@")
 
-    no_model = _cli(["run", str(src), str(tmp_path / "out3"), "--model", str(tmp_path / "no-model")], cli_env)
-    assert no_model.returncode == 1 and "--model" in no_model.stderr
-    assert "Starting temporary server" not in no_model.stderr  # told before the half minute Prefect takes
+    for missing_model in (tmp_path / "no-model", tmp_path / "no-model.safetensors", tmp_path / "no.pth"):
+        no_model = _cli(["run", str(src), str(tmp_path / "out3"), "--model", str(missing_model)], cli_env)
+        assert no_model.returncode == 1 and f"no model at {missing_model}" in no_model.stderr
+        assert "Beginning flow run" not in no_model.stderr  # told before the half minute Prefect takes to start
     assert not (tmp_path / "out3" / "ok.png").exists()
 
     no_limit = _cli(["run", str(src), str(tmp_path / "out4"), *args, "--max-megapixels", "-1"], cli_env)
@@ -546,7 +547,7 @@ def test_an_output_is_one_scans_whatever_is_run_into_its_destination_and_whateve
 ):
     src, dest = tmp_path / "archive", tmp_path / "colour"
     write(src / "a.jpg", encode(gray_image(60, 80, seed=1), "JPEG"))
-    write(src / "sub" / "a.jpg", encode(gray_image(60, 80, seed=2), "JPEG"))
+    write(src / "sub" / "a.jpg", encode(gray_image(70, 90, seed=2), "JPEG"))
     write(src / "b.jpg", encode(gray_image(300, 400, seed=3), "JPEG"))
     run(src, dest, tiny_model)
     outputs = {k: v for k, v in _tree_hashes(dest).items() if k.endswith(".jpg")}
@@ -595,6 +596,24 @@ def test_an_output_is_one_scans_whatever_is_run_into_its_destination_and_whateve
     rows = _by_key(_manifest(dest, run(src, dest, tiny_model).run_id), src)
     assert rows["b.jpg"].status == "skipped_done" and "found whole" in rows["b.jpg"].reason
     assert b.read_bytes() == new_output
+
+    # The destination moved (without `colorize relocate`, so the ledger names the old place): still
+    # no folder of the archive writes over the archive's outputs.
+    moved = tmp_path / "moved"
+    dest.rename(moved)
+    kept = (moved / "a.jpg").read_bytes()
+    rows = _by_key(_manifest(moved, run(src / "sub", moved, tiny_model).run_id), src / "sub")
+    assert rows["a.jpg"].status == "failed" and f"made from another scan, {src / 'a.jpg'}" in rows["a.jpg"].reason
+    assert (moved / "a.jpg").read_bytes() == kept
+
+    # The other order: the folder's run first, then the archive's, whose a.jpg finds its output taken.
+    other = tmp_path / "colour2"
+    run(src / "sub", other, tiny_model)
+    rows = _by_key(_manifest(other, run(src, other, tiny_model).run_id), src)
+    assert rows["a.jpg"].status == "failed" and rows["a.jpg"].reason == (
+        "output a.jpg is already the output of sub/a.jpg, written there by a run of its folder into this "
+        "destination; give that folder's runs their own destination"
+    )
 
 
 def test_a_ledger_that_is_no_longer_one_stops_the_run_and_is_left_as_it_is(run, tmp_path, tiny_model):
