@@ -417,14 +417,23 @@ def models_list(
         aliases, versions = reg.aliases(), reg.versions()
     if not versions:  # a mistyped registry would otherwise look like an empty one
         raise _fail(f"no model versions in {reg.uri} (is it a registry? `colorize train ... --registry` makes one)", 1)
+    damaged = 0
     for version in versions:
+        tags = ",".join(a for a, v in aliases.items() if v == version)
+        with _registry_faults():
+            problem = reg.damage(version)
+        if problem is not None:  # listed, and the rest too: the listing is where one looks for it
+            damaged += 1
+            typer.echo(f"{version}\t{tags or '-'}\t{problem}")
+            continue
         with _registry_faults():
             card = reg.card(version)
-        tags = ",".join(a for a, v in aliases.items() if v == version)
         metrics = " ".join(
             f"{k}={v:.4g}" for k, v in sorted((card.get("metrics") or {}).items()) if isinstance(v, int | float)
         )
         typer.echo(f"{version}\t{tags or '-'}\t{card.get('created_at', '')}\t{card.get('model_id', '')}\t{metrics}")
+    if damaged:
+        raise _fail(f"{damaged} damaged version(s) in {reg.uri}: promote none of them", 1)
 
 
 @models_app.command("show")

@@ -70,10 +70,24 @@ class Registry:
 
     def card(self, ref: str) -> dict[str, Any]:
         version = self.resolve(ref)
+        key = f"versions/{version}/{CARD_FILE}"
         try:
-            return json.loads(self.storage.read_bytes(f"versions/{version}/{CARD_FILE}"))
+            return json.loads(self.storage.read_bytes(key))
         except FileNotFoundError:
             raise KeyError(f"registry {self.uri} has no version {version}") from None
+        except ValueError as err:  # a card cut short or edited by hand
+            raise ValueError(f"{self.storage.uri_for(key)} is not valid JSON ({err})") from None
+
+    def damage(self, version: str) -> str | None:
+        """What makes a version unloadable, at a glance (its card unreadable, its weights gone); None
+        when nothing does. Raises KeyError for a version the registry does not have."""
+        try:
+            self.card(version)
+        except ValueError as err:
+            return f"is damaged: {err}"
+        if self.storage.stat(f"versions/{version}/{WEIGHTS}") is None:
+            return f"is damaged: it has no weights ({WEIGHTS})"
+        return None
 
     def load(self, ref: str) -> LoadedModel:
         """Load a version (or alias) for inference."""
@@ -120,7 +134,8 @@ class Registry:
         by another run is not overwritten unseen.
         """
         version = self.resolve(version)
-        self.card(version)  # raises when missing
+        if (problem := self.damage(version)) is not None:  # a rollback to a version half deleted, say
+            raise KeyError(f"registry {self.uri}: version {version} {problem}; not promoted")
         for _ in range(10):  # read, change, write back only if no one else wrote in between
             current = self.storage.read_versioned(ALIASES_FILE)
             aliases = json.loads(current[0]) if current else {}

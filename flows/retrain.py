@@ -17,7 +17,7 @@ from colorize.registry import PRODUCTION, Registry
 from colorize.report import jpeg_data_uri
 from colorize.storage import open_storage
 from colorize.training.pairs import LoadedPair, PairProblem, discover_pairs, is_validation, load_pairs
-from colorize.training.promotion import CRITERIA, is_better
+from colorize.training.promotion import CRITERIA, is_better, unfair_split
 from colorize.training.trainer import TrainConfig, TrainResult, evaluate_model, train
 from flows.runners import gpu_slot_held
 
@@ -102,6 +102,8 @@ def production_quality(
         return None, None
     if not val:
         return current, None
+    if warning := unfair_split(reg.card(current), cfg.val_fraction):
+        get_run_logger().warning("%s: %s", current, warning)
     model = reg.load(current)
     images, grays = eval_pairs(val)
     # As production runs: its own card's colour mode and calibration, not the candidate's settings.

@@ -25,8 +25,8 @@ from colorize.model import GeneratorConfig, build_generator
 from colorize.modelfile import new_card
 from colorize.registry import Registry
 from colorize.storage import open_storage
-from colorize.training.pairs import discover_pairs, is_validation, load_pairs
-from colorize.training.promotion import is_better
+from colorize.training.pairs import PairError, discover_pairs, is_validation, load_pairs
+from colorize.training.promotion import is_better, unfair_split
 from colorize.training.trainer import (
     TrainConfig,
     TrainResult,
@@ -105,13 +105,32 @@ def test_csv_of_pairs_with_relative_paths(tmp_path):
     assert len(load_pairs(pairs)[0]) == 3
 
     # A row repeated is trained on once; a row naming a folder is that pair's problem, not the training's.
-    rows = "".join(f"g/{i}.png,c/{i}.png\n" for i in (0, 1, 0)) + "g/2.png,c\n"
+    # (written another way: ./, an absolute path, a spreadsheet's trailing comma on every row).
+    rows = "".join(f"g/{i}.png,c/{i}.png,\n" for i in (0, 1)) + f"./g/0.png,{tmp_path}/c/0.png,\n" + "g/2.png,c,\n"
     (tmp_path / "more.csv").write_text("gray_uri,color_uri\n" + rows)
     pairs, problems = discover_pairs(str(tmp_path / "more.csv"))
-    assert [(p.name, p.reason) for p in problems] == [("c/0.png", "CSV row 4 repeats row 2: trained on once")]
+    assert [(p.name, p.reason) for p in problems] == [
+        (f"{tmp_path}/c/0.png", "CSV row 4 repeats row 2: trained on once")
+    ]
     loaded, bad = load_pairs(pairs)
     assert len(loaded) == 2
     assert [(p.name, p.reason) for p in bad] == [("c", f"cannot read {tmp_path / 'c'}: Is a directory")]
+
+
+def test_one_photo_under_two_names_is_trained_on_once_and_a_csv_no_tool_wrote_is_named(tmp_path):
+    write(tmp_path / "photos" / "a.png", encode(_colour(1), "PNG"))
+    write(tmp_path / "photos" / "A.PNG", encode(_colour(1), "PNG"))  # on another side of the split, by name
+    write(tmp_path / "photos" / "b.png", encode(_colour(2), "PNG"))
+    write(tmp_path / "photos" / "b.jpg", encode(_colour(2), "JPEG"))
+    pairs, problems = discover_pairs(str(tmp_path / "photos"))
+    assert [p.name for p in pairs] == ["A.PNG", "b.jpg"]
+    assert {(p.name, p.reason.partition(":")[0]) for p in problems} == {
+        ("a.png", "the name of A.PNG but for case or extension"),
+        ("b.png", "the name of b.jpg but for case or extension"),
+    }
+    (tmp_path / "latin1.csv").write_bytes("gray_uri,color_uri\ng/caf\xe9.png,c/caf\xe9.png\n".encode("latin-1"))
+    with pytest.raises(PairError, match="latin1.csv is not a CSV of pairs this tool reads"):
+        discover_pairs(str(tmp_path / "latin1.csv"))
 
 
 def test_bad_pairs_are_reported_and_skipped(tmp_path):
@@ -122,6 +141,8 @@ def test_bad_pairs_are_reported_and_skipped(tmp_path):
     write(root / "resized" / "wide.png", encode(_colour(5), "PNG"))  # 64x64 vs 64x32: other shape
     write(root / "gray" / "broken.png", encode(gray_image(32, 32), "PNG"))
     write(root / "resized" / "broken.png", b"\x89PNG not really")
+    write(root / "gray" / "tiny.png", encode(gray_image(5, 40), "PNG"))  # nothing to learn, nothing to measure
+    write(root / "resized" / "tiny.png", encode(_colour(6)[:5, :40], "PNG"))
     write(root / "gray" / "grey.png", encode(gray_image(64, 64), "PNG"))
     write(root / "resized" / "grey.png", encode(np.repeat(gray_image(64, 64)[..., None], 3, 2), "PNG"))
     pairs, problems = discover_pairs(str(root))
@@ -132,6 +153,7 @@ def test_bad_pairs_are_reported_and_skipped(tmp_path):
     assert reasons["wide.png"].startswith("size mismatch")
     assert reasons["broken.png"].startswith("unreadable colour image")
     assert "is gray" in reasons["grey.png"]
+    assert reasons["tiny.png"] == "too small: 40x5; a pair needs 32 px a side or more"
 
 
 def test_pairs_no_record_can_hold_are_refused_and_the_rest_kept(tmp_path):
@@ -295,6 +317,17 @@ def test_promotion_criterion():
     assert is_better({"ab_error": 10.0}, {"ab_error": 11.0}, "ab_error")[0]
     with pytest.raises(ValueError):
         is_better({}, None, "beauty")
+
+
+def test_a_production_that_held_out_less_is_said_to_be_flattered_by_the_comparison():
+    names = [f"p{i:03d}.png" for i in range(400)]
+    small, large = ({n for n in names if is_validation(n, f)} for f in (0.1, 0.25))
+    assert small < large  # why: production trained on large - small, which this training holds out
+    assert "production held out 0.1 of its pairs and this training 0.25" in unfair_split(
+        {"hyperparameters": {"val_fraction": 0.1}}, 0.25
+    )
+    for card in ({"hyperparameters": {"val_fraction": 0.25}}, {"hyperparameters": {"val_fraction": 0.3}}, {}):
+        assert unfair_split(card, 0.25) == ""
 
 
 def test_registrations_and_promotions_at_once_lose_nothing(tmp_path):
@@ -542,6 +575,18 @@ def test_a_killed_training_resumes_to_the_same_weights(photos, tmp_path, cli_env
     stable = ["models", "promote", "production", "--alias", "stable", "--registry", str(tmp_path / "b")]
     by_alias = _cli(stable, cli_env)
     assert by_alias.returncode == 0 and by_alias.stdout.strip() == "stable -> v1"
+    # A version damaged by hand (its card cut short, its weights deleted) is listed as damaged, the
+    # rest still listed, and cannot be promoted: a rollback onto it would stop every run.
+    (tmp_path / "b/versions/v2/card.json").write_text('{"name": ')
+    (tmp_path / "b/versions/v3/generator.safetensors").unlink()
+    listed = _cli(["models", "list", "--registry", str(tmp_path / "b")], cli_env)
+    assert listed.returncode == 1 and listed.stdout.startswith("v1\tproduction,stable\t"), listed.stdout
+    assert "\nv2\t-\tis damaged: " in listed.stdout and "v2/card.json is not valid JSON" in listed.stdout
+    assert "\nv3\t-\tis damaged: it has no weights (generator.safetensors)" in listed.stdout
+    assert "2 damaged version(s)" in listed.stderr
+    for version in ("v2", "v3"):
+        refused = _cli(["models", "promote", version, "--registry", str(tmp_path / "b")], cli_env)
+        assert refused.returncode == 1 and f"version {version} is damaged" in refused.stderr
     (tmp_path / "b/aliases.json").write_text('{"production": ')  # a hand edit gone wrong
     for command in (["list"], ["show", "v1"], ["promote", "v1"]):
         broken = _cli(["models", *command, "--registry", str(tmp_path / "b")], cli_env)

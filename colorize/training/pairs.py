@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ from colorize.storage import (
 # Gray and colour of one pair may differ in size (gray/ at 256 beside original/ at full size), but
 # must have the same shape: aspect ratios further apart than this are different pictures.
 ASPECT_TOLERANCE = 0.02
+# A photo smaller than this on a side teaches nothing at the model's size, and the measures of the
+# held-out pairs (SSIM's 7x7 window) cannot be taken on it: such a pair is a problem, not a crash.
+MIN_SIDE = 32
 
 
 class PairError(ValueError):
@@ -114,7 +118,18 @@ def _discover(uri: str, leave_out: tuple[str, ...]) -> tuple[list[Pair], list[Pa
             problems.append(PairProblem(o.key, f"not read: {o.problem}"))
         else:
             pairs.append(Pair(o.key, root.uri_for(o.key)))
-    return sorted(pairs, key=lambda p: p.name), problems
+    # One photo under two names that differ only in case or extension (A.PNG beside a.png, a.jpg
+    # beside a.png) would be trained on twice, or, the split hashing names, on both sides of it.
+    kept: dict[str, str] = {}
+    unique = []
+    for pair in sorted(pairs, key=lambda p: p.name):
+        same = kept.setdefault(os.path.splitext(pair.name)[0].casefold(), pair.name)
+        if same == pair.name:
+            unique.append(pair)
+        else:
+            why = f"the name of {same} but for case or extension: taken for the same photo, trained on once"
+            problems.append(PairProblem(pair.name, why + " (rename it if it is another)"))
+    return unique, problems
 
 
 def _usable(o: ObjectInfo) -> bool:
@@ -154,13 +169,23 @@ def _victorian_pairs(root: Storage, listed: list[ObjectInfo]) -> tuple[list[Pair
 
 def _csv_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
     base, _ = split_uri(uri)
-    frame = pd.read_csv(io.BytesIO(read_uri(uri)), dtype=str, keep_default_na=False)
+    try:  # index_col=False: a spreadsheet's trailing comma on every row is no index column
+        with warnings.catch_warnings():  # (pandas warns that it drops that empty last field)
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.BytesIO(read_uri(uri)), dtype=str, keep_default_na=False, index_col=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise PairError(f"{uri} is not a CSV of pairs this tool reads (UTF-8, comma-separated): {err}") from None
     missing = {"gray_uri", "color_uri"} - set(frame.columns)
     if missing:
         raise PairError(f"{uri} needs the columns gray_uri and color_uri; missing {sorted(missing)}")
 
     def absolute(u: str) -> str:
-        return u if u.startswith(("s3://", "/", "file://")) else join_uri(base or ".", u)
+        """A row's path as one name for one file: relative to the CSV's folder, ``./`` and ``..`` resolved."""
+        if u.startswith("s3://"):
+            return u
+        path = u.removeprefix("file://")
+        joined = path if path.startswith("/") else join_uri(base or ".", path)
+        return joined if joined.startswith("s3://") else os.path.normpath(joined)
 
     pairs, problems = [], []
     seen: dict[tuple[str, str], int] = {}
@@ -204,6 +229,8 @@ def load_pair(pair: Pair, short_side: int | None = None) -> LoadedPair:
         rgb = decode_rgb(color_bytes)
     except ScanError as err:
         raise PairError(f"unreadable colour image: {err}") from None
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise PairError(f"too small: {rgb.shape[1]}x{rgb.shape[0]}; a pair needs {MIN_SIDE} px a side or more")
     if not detect_colour(_fit(rgb, 256)).is_colour:
         raise PairError("the colour image is gray (or toned monochrome): nothing to learn colour from")
     digest = hashlib.sha256(color_bytes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 # criterion -> True when higher is better
 CRITERIA: dict[str, bool] = {"psnr": True, "ssim": True, "ab_error": False, "colourfulness_diff": False}
 
@@ -20,3 +22,20 @@ def is_better(candidate: dict[str, float], production: dict[str, float] | None, 
     better = new > old if higher else new < old
     relation = "beats" if better else "does not beat"
     return better, f"candidate {criterion} {new:.4f} {relation} production's {old:.4f}"
+
+
+def unfair_split(production_card: dict[str, Any], val_fraction: float) -> str:
+    """Why production's score on this training's held-out pairs may flatter it ("" when it should not).
+
+    The split holds out the names whose hash falls under the fraction, so a smaller fraction's pairs
+    are among a larger one's: a production that held out less trained on some of the pairs it is
+    now measured on.
+    """
+    held = (production_card.get("hyperparameters") or {}).get("val_fraction")
+    if not isinstance(held, int | float) or held >= val_fraction:
+        return ""
+    return (
+        f"production held out {held:g} of its pairs and this training {val_fraction:g}: production may have "
+        f"trained on some of the pairs it is measured on here, which flatters it; train with --val-fraction "
+        f"{held:g} to compare them fairly"
+    )
