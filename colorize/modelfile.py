@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load as load_safetensors_bytes
@@ -25,6 +25,9 @@ from safetensors.torch import save as save_safetensors_bytes
 from colorize.color import LAB_NORMALIZATION, NOTEBOOK_NORMALIZATION
 from colorize.model import GeneratorConfig, build_generator, config_from_state_dict
 from colorize.storage import Storage, open_storage, split_uri
+
+if TYPE_CHECKING:
+    from colorize.registry import Registry  # which imports this module
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +178,13 @@ def resolve_model_spec(spec: str | None = None, registry: str | None = None, end
     Raises:
         ModelNotFoundError: nothing to load, with how to fix it.
     """
-    from colorize.registry import PRODUCTION, Registry  # the registry builds on this module
+    from colorize.registry import Registry  # the registry builds on this module
 
     if spec is not None and registry:  # a deployment's registry, and one run's own model: the model wins, said
         log.warning("model %s given, so the registry %s's production model is not used", spec, registry)
     try:
         if spec is None and registry:
-            return Registry(registry, endpoint_url=endpoint_url).version_uri(PRODUCTION)
+            return _production_of(Registry(registry, endpoint_url=endpoint_url))
         if spec is None:
             if not (PACKAGED_DIR / WEIGHTS_FILE).exists():
                 raise ModelNotFoundError(
@@ -193,11 +196,33 @@ def resolve_model_spec(spec: str | None = None, registry: str | None = None, end
         if not spec.lower().endswith((".pth", ".pt", ".safetensors")):
             storage = open_storage(spec, endpoint_url)
             if storage.stat(WEIGHTS_FILE) is None and storage.stat("aliases.json") is not None:
-                return Registry(spec, storage).version_uri(PRODUCTION)
+                return _production_of(Registry(spec, storage))
     except KeyError as err:
         raise ModelNotFoundError(f"{err.args[0]}; promote a version with `colorize models promote`") from None
     # Absolute: a Dask worker on another machine, or in another working folder, loads it too.
     return spec if spec.startswith("s3://") else str(Path(spec.removeprefix("file://")).expanduser().resolve())
+
+
+def _production_of(reg: Registry) -> str:
+    """The URI of a registry's production version, checked whole (its card and its weights there).
+
+    Raises:
+        KeyError: no production alias, or a version the registry does not have.
+        ModelNotFoundError: no versions at all (a mistyped registry), or a damaged production.
+    """
+    from colorize.registry import PRODUCTION
+
+    if PRODUCTION not in reg.aliases() and not reg.versions():
+        raise ModelNotFoundError(
+            f"no model versions in {reg.uri} (is it a registry? `colorize train ... --registry` makes one)"
+        )
+    version = reg.resolve(PRODUCTION)
+    if (problem := reg.damage(version)) is not None:
+        raise ModelNotFoundError(
+            f"registry {reg.uri}'s production, {version}, {problem}; promote a version that loads "
+            f"(`colorize models promote VERSION --registry {reg.uri}`)"
+        )
+    return reg.version_uri(version)
 
 
 def model_identity(spec: str, endpoint_url: str | None = None) -> str:

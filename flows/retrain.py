@@ -83,7 +83,7 @@ def check_production_loads(registry: str) -> None:
         return
     try:
         reg.load(current)
-    except (KeyError, FileNotFoundError) as err:
+    except (KeyError, FileNotFoundError, ValueError) as err:  # ValueError: weights that are not their card's
         why = err.args[0] if err.args else err
         raise ValueError(
             f"the registry's production model, {current}, cannot be loaded ({why}); make a version that "

@@ -187,6 +187,26 @@ def test_missing_model_says_how_to_pass_one(tmp_path):
         load_model(str(tmp_path / "list.pth"))
 
 
+def test_a_registrys_production_is_checked_whole_and_a_mistyped_registry_named(tmp_path):
+    from colorize.modelfile import resolve_model_spec
+    from colorize.registry import Registry
+
+    with pytest.raises(ModelNotFoundError, match=r"no model versions in .*nowhere \(is it a registry\?"):
+        resolve_model_spec(None, str(tmp_path / "nowhere"))
+    registry = Registry(str(tmp_path / "registry"))
+    config = GeneratorConfig(width=4, depth=5)
+    registry.register(build_generator(config), new_card("tiny", config, "lab"))
+    registry.promote("v1")
+    assert resolve_model_spec(None, registry.uri) == str(tmp_path / "registry" / "versions" / "v1")
+    (tmp_path / "registry" / "aliases.json").write_text('{"production": "v9"}')  # a version deleted since
+    with pytest.raises(ModelNotFoundError, match="registry .* has no version v9; promote a version"):
+        resolve_model_spec(None, registry.uri)
+    (tmp_path / "registry" / "aliases.json").write_text('{"production": "v1"}')
+    (tmp_path / "registry" / "versions" / "v1" / "generator.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError, match="production, v1, is damaged: it has no weights"):
+        resolve_model_spec(None, registry.uri)
+
+
 def test_without_any_model_the_error_says_how_to_pass_one(tmp_path, monkeypatch):
     from colorize import modelfile
 
