@@ -475,6 +475,10 @@ def test_fine_tuning_starts_from_the_given_weights_and_calibration(photos, tmp_p
     assert (result.card["chroma_scale"], result.card["chroma_median"]) == (2.0, 3)
     images, grays = eval_pairs(pairs[:1])
     assert result.metrics == pytest.approx(evaluate_model(start, images, grays, "cpu").as_dict())
+    # Crops too small for its 8 levels: the advice is a crop size (its depth is the model's).
+    small = TrainConfig(**{**TINY, "image_size": 64, "load_size": 72})
+    with pytest.raises(ValueError, match="has depth 8, so crops must be a multiple of 256 px: .* --image-size 256"):
+        train(small, pairs[1:], pairs[:1], str(tmp_path / "small-ckpt"), init_from=start)
 
     # A training from random weights, finished, then a fine-tuning killed before its first checkpoint:
     # --resume must not pick the finished one's checkpoint up as the fine-tuning's.
