@@ -114,6 +114,8 @@ def run(
     from colorize.plan import describe_not_scans
     from colorize.storage import StorageError
 
+    if dask_address and dask_local > 0:  # as the flow refuses it, but now, and in a dry run too
+        raise _fail("give --dask-local or --dask-address, not both: one starts a cluster, the other uses one", 1)
     if dry_run:
         _check_device(device.value, dask_address)
         options = dict(

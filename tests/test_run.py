@@ -388,10 +388,13 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
 
     no_limit = _cli(["run", str(src), str(tmp_path / "out4"), *args, "--max-megapixels", "-1"], cli_env)
     assert no_limit.returncode == 2 and "max-megapixels" in no_limit.stderr  # refused, not every file failed
-    both = _cli(
-        ["run", str(src), str(tmp_path / "out5"), *args, "--dask-local", "2", "--dask-address", "tcp://x:1"], cli_env
-    )
-    assert both.returncode == 1 and "not both" in both.stderr and not (tmp_path / "out5").exists()
+    for dry in ([], ["--dry-run"]):  # refused before Prefect starts, and by a dry run as the run would
+        both = _cli(
+            ["run", str(src), str(tmp_path / "out5"), *args, "--dask-local", "2", "--dask-address", "tcp://x:1", *dry],
+            cli_env,
+        )
+        assert both.returncode == 1 and "not both" in both.stderr and not (tmp_path / "out5").exists()
+        assert "Beginning flow run" not in both.stderr
 
     # `colorize run ... --dry-run | head -1`: the reader gone, the dry run leaves as `yes` would.
     piped = subprocess.Popen(
