@@ -296,7 +296,7 @@ def plan(
             continue  # S3 lists them; a local listing never shows them
         fmt = extension_format(obj.key)
         if obj.problem:  # a folder the listing could not enter, or a file it cannot reach
-            if obj.key.endswith("/") or fmt is not None:
+            if not obj.key or obj.key.endswith("/") or fmt is not None:  # "": the source's own S3 marker
                 skipped.append(_row(opts, source, obj, "failed", f"not read: {obj.problem}"))
             continue
         if fmt is None:

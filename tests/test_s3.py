@@ -279,6 +279,12 @@ def test_a_folder_marker_with_content_is_listed_as_a_problem(s3, tiny_model, pre
     summary = colorize_archive(source="s3://scans/in", dest="s3://colour/in", model=str(tiny_model))
     rows, _ = s3_csv(s3, "colour", f"in/manifests/{summary.run_id}.csv")
     assert _statuses(rows, "s3://scans/in/") == {"photo.jpg/": "failed", "ok.jpg": "colorized"}
+    # The source prefix's own marker, holding bytes (a scan uploaded as "in2/"): a row, not nothing.
+    put_many(s3, "scans", {"in2/": jpeg, "in2/ok.jpg": jpeg})
+    summary = colorize_archive(source="s3://scans/in2", dest="s3://colour/in2", model=str(tiny_model))
+    rows, _ = s3_csv(s3, "colour", f"in2/manifests/{summary.run_id}.csv")
+    assert _statuses(rows, "s3://scans/in2/") == {"": "failed", "ok.jpg": "colorized"}
+    assert "a key ending in '/' that holds" in rows.loc[rows["source_uri"] == "s3://scans/in2/", "reason"].item()
 
 
 def test_large_objects_go_up_in_parts(s3):

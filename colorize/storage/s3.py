@@ -181,7 +181,7 @@ class S3Storage:
                     info = self._info(obj["Key"][len(self._root) :], obj)
                     if not obj["Key"].endswith("/"):
                         yield info
-                    elif info.size and info.key:
+                    elif info.size:  # the prefix's own marker too (key ""): bytes there are someone's
                         yield replace(info, problem=f"a key ending in '/' that holds {info.size} bytes: a folder "
                                       "marker with content, or a file uploaded without a name")  # fmt: skip
 
