@@ -140,7 +140,7 @@ def run(
             from flows.runners import require_dask
 
             require_dask()
-    except (ModelNotFoundError, StorageError, ValueError, RuntimeError) as err:
+    except (ModelNotFoundError, StorageError, OSError, ValueError, RuntimeError) as err:
         raise _fail(str(err), 1) from None
     stop_orphaned_prefect_servers()
     try:

@@ -6,8 +6,9 @@ was killed. The start time matters because process ids are reused: a container r
 crash numbers its processes from 1 again, so the next run often gets the very id of the killed one.
 And the process ids' space (boot and PID namespace): containers that share the host's name (host
 networking) each number their processes apart, so a run in one sees no process of the other's and
-must not take it for dead; nor can it tell a container's processes from before its restart. Those
-are left to time (the lease's 10 minutes, a temp file's day); after a reboot, all are gone.
+must not take it for dead; nor can it tell a container's processes from before its restart, or
+(the boot id differing) from another machine of the same name. Those are left to time (the lease's
+10 minutes, a temp file's day).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import functools
 import hashlib
 import os
 import socket
-from enum import Enum
 from pathlib import Path
 
 import psutil
@@ -37,30 +37,15 @@ def _pid_space() -> str:
 PID_SPACE = _pid_space()
 
 
-class Seen(Enum):
-    """What this process can tell about another's process: whether it lives (``VISIBLE``), that it
-    is gone for sure (``GONE``: its machine rebooted since), or nothing (``UNKNOWN``)."""
+def sees_processes_of(host: str, pid_space: str | None) -> bool:
+    """Whether this process can tell if a process of ``host`` in ``pid_space`` (None: recorded before
+    spaces were, taken for this one) lives or not.
 
-    VISIBLE = "visible"
-    GONE = "gone"
-    UNKNOWN = "unknown"
-
-
-def seen_from_here(host: str, pid_space: str | None) -> Seen:
-    """How a process of ``host``, in ``pid_space`` (None: recorded before spaces were, taken for
-    this one), is seen from this one.
-
-    Another PID namespace on this host is another container sharing the host's name (host
-    networking), or this container before a restart: its ids name nothing here, so whether the
-    process lives cannot be told. Another boot of this host means it is gone.
+    Another space is another container sharing the host's name (host networking), this container
+    before a restart, this host before a reboot, or another machine of the same name: its ids name
+    nothing here, so whether the process lives cannot be told, and time must.
     """
-    if host != HOST:
-        return Seen.UNKNOWN
-    if pid_space is None or pid_space == PID_SPACE:
-        return Seen.VISIBLE
-    if len(pid_space) == len(PID_SPACE) == 16 and pid_space[:8] != PID_SPACE[:8]:
-        return Seen.GONE
-    return Seen.UNKNOWN
+    return host == HOST and pid_space in (None, PID_SPACE)
 
 
 # How far apart two readings of one process's start time may lie: the kernel counts it in clock

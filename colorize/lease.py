@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from types import TracebackType
 
-from colorize.host import HOST, PID_SPACE, Seen, process_alive, seen_from_here, this_process
+from colorize.host import HOST, PID_SPACE, process_alive, sees_processes_of, this_process
 from colorize.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ class Holder:
 
     def is_gone(self, now: float, lease_seconds: float) -> bool:
         """Whether the holder is dead: its process gone from this host, or silent too long."""
-        seen = seen_from_here(self.host, self.pid_space)
-        if seen is Seen.GONE or (seen is Seen.VISIBLE and not process_alive(self.pid, self.pid_started)):
+        if sees_processes_of(self.host, self.pid_space) and not process_alive(self.pid, self.pid_started):
             return True
         return now - self.renewed > lease_seconds
 
@@ -154,8 +153,8 @@ class DestinationLease:
             if holder is not None and not holder.is_gone(now, self.lease_seconds):
                 raise DestinationBusyError(
                     f"{self.dest.uri} is in use by {holder.describe(now)}: {self.why}. Run again when it has "
-                    f"finished (a killed run's lease is taken over at once where its process can be seen gone: "
-                    f"on its own host and in its own container, or after a reboot; elsewhere after "
+                    f"finished (a killed run's lease is taken over at once where its process can be seen gone, "
+                    f"on its own host and in its own container since its boot; elsewhere after "
                     f"{self.lease_seconds:.0f} s without renewal)"
                 )
             if (new := self.dest.write_if(self.key, mine, version)) is not None:

@@ -64,7 +64,7 @@ def _relocated(dest: Storage, ledger: pd.DataFrame, old: str, new: Storage, writ
     old_root = old.rstrip("/") + "/"
     wanted = itertools.islice(
         (uri[len(old_root) :] for column in ("source_uri", "output_uri") for uri in ledger[column]
-         if uri.startswith(old_root)),
+         if uri.startswith(old_root) and uri != old_root),  # the root itself: an S3 marker's row
         _SAMPLE,
     )  # fmt: skip
     if not any(new.stat(key) is not None for key in wanted):

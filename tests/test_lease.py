@@ -123,11 +123,11 @@ def test_a_killed_holders_lease_is_taken_over_at_once_when_its_process_id_went_t
     store.write_bytes(LEASE_KEY, other_space.to_bytes())
     with pytest.raises(DestinationBusyError, match="in use by run next-door"), DestinationLease(store, "x"):
         pass
-    # One from before this host's last boot is gone, whatever its container.
-    before_boot = replace(other_space, run_id="before-reboot", pid_space="0" * 8 + PID_SPACE[8:])
-    store.write_bytes(LEASE_KEY, before_boot.to_bytes())
-    with DestinationLease(store, "after-reboot"):
-        assert _lease_holder(store).run_id == "after-reboot"  # type: ignore[union-attr]
+    # Nor is one of another boot: this host before a reboot, or another machine of the same name.
+    other_boot = replace(other_space, run_id="same-name", pid_space="0" * 8 + PID_SPACE[8:])
+    store.write_bytes(LEASE_KEY, other_boot.to_bytes())
+    with pytest.raises(DestinationBusyError, match="in use by run same-name"), DestinationLease(store, "x"):
+        pass
     # A lease from before start times were recorded names the process by its id alone.
     no_start = json.loads(killed_with_my_id.to_bytes())
     del no_start["pid_started"]

@@ -380,6 +380,9 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     assert set(rows.loc[rows["status"] == "colorized", "model_id"]) == {load_model().model_id}
     assert load_model().model_id.startswith("starter@")
 
+    (tmp_path / "a-folder.safetensors").mkdir()
+    folder = _cli(["run", str(src), str(tmp_path / "out3"), "--model", str(tmp_path / "a-folder.safetensors")], cli_env)
+    assert folder.returncode == 1 and "Traceback" not in folder.stderr and "a-folder.safetensors" in folder.stderr
     for missing_model in (tmp_path / "no-model", tmp_path / "no-model.safetensors", tmp_path / "no.pth"):
         no_model = _cli(["run", str(src), str(tmp_path / "out3"), "--model", str(missing_model)], cli_env)
         assert no_model.returncode == 1 and f"no model at {missing_model}" in no_model.stderr

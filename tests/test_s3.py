@@ -285,6 +285,12 @@ def test_a_folder_marker_with_content_is_listed_as_a_problem(s3, tiny_model, pre
     rows, _ = s3_csv(s3, "colour", f"in2/manifests/{summary.run_id}.csv")
     assert _statuses(rows, "s3://scans/in2/") == {"": "failed", "ok.jpg": "colorized"}
     assert "a key ending in '/' that holds" in rows.loc[rows["source_uri"] == "s3://scans/in2/", "reason"].item()
+    # ... and that row moves with the rest when the scans do.
+    put_many(s3, "scans", {"in3/ok.jpg": jpeg})
+    from colorize.relocation import relocate_ledger
+
+    moved = relocate_ledger(S3Storage("s3://colour/in2"), "s3://scans/in2", S3Storage("s3://scans/in3"))
+    assert moved.rows == 2 and moved.written
 
 
 def test_large_objects_go_up_in_parts(s3):

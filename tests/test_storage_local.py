@@ -102,16 +102,17 @@ def test_sweep_removes_only_what_dead_writers_left(tmp_path):
     reused = staging / f"{TEMP_PREFIX}{pid}.{started - 3600:.2f}@{HOST}-pqr678"  # a killed run with my id
     # A container's beside this one, sharing its host name: the id, gone here, may live there.
     next_door = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}.{started:.2f}+{PID_SPACE[:8]}{'0' * 8}@{HOST}-stu901"
-    rebooted = staging / f"{TEMP_PREFIX}{os.getpid()}.{started:.2f}+{'0' * 8}{PID_SPACE[8:]}@{HOST}-yza567"  # gone
+    # Another boot: this host before a reboot, or another machine of its name writing now.
+    same_name = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}.{started:.2f}+{'0' * 8}{PID_SPACE[8:]}@{HOST}-yza567"
     mine_now = staging / f"{TEMP_PREFIX}{gone.stdout.strip()}.{started:.2f}+{PID_SPACE}@{HOST}-vwx234"  # dead
     foreign = staging / f"{TEMP_PREFIX}42@other-host-ghi789"  # another machine's, recent
     old_foreign = staging / f"{TEMP_PREFIX}42@other-host-jkl012"
-    for path in (dead, alive, alive_started, reused, foreign, old_foreign, next_door, mine_now, rebooted):
+    for path in (dead, alive, alive_started, reused, foreign, old_foreign, next_door, mine_now, same_name):
         path.write_bytes(b"partial")
     day_ago = time.time() - 25 * 3600
     os.utime(old_foreign, (day_ago, day_ago))
-    assert store.sweep_temp() == 5
-    kept = [alive.name, alive_started.name, foreign.name, next_door.name]
+    assert store.sweep_temp() == 4
+    kept = [alive.name, alive_started.name, foreign.name, next_door.name, same_name.name]
     assert sorted(p.name for p in staging.iterdir()) == sorted(kept)
     assert (tmp_path / "x.jpg").read_bytes() == b"x"
 

@@ -103,6 +103,7 @@ def test_csv_of_pairs_with_relative_paths(tmp_path):
     pairs, problems = discover_pairs(str(tmp_path / "pairs.csv"))
     assert not problems and [p.gray_uri for p in pairs] == [str(tmp_path / "g" / f"{i}.png") for i in range(3)]
     assert len(load_pairs(pairs)[0]) == 3
+    assert len(load_pairs(discover_pairs(f"file://{tmp_path}/pairs.csv")[0])[0]) == 3  # the CSV as a URI
 
     # A row repeated is trained on once; a row naming a folder is that pair's problem, not the training's.
     # (written another way: ./, an absolute path, a spreadsheet's trailing comma on every row).

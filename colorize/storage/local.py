@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from colorize.host import HOST, PID_SPACE, Seen, process_alive, seen_from_here, this_process
+from colorize.host import HOST, PID_SPACE, process_alive, sees_processes_of, this_process
 from colorize.storage import NoSuchFolderError, ObjectInfo, StorageError, UnsafeKeyError, check_key
 
 # Temporary files start with this, so that a listing (and a rerun after a kill) never takes one
@@ -183,9 +183,8 @@ class LocalStorage:
         """Remove temp files that killed writers left; return how many.
 
         A file is stale when the process that named itself in it is gone (seen so from its own host
-        and container, or written before this host's last boot), or, from another host or
-        container, when it is older than a day. Live writers' files are left alone, so another
-        run writing to the same folder is safe.
+        and container, since their boot), or, from anywhere else, when it is older than a day. Live
+        writers' files are left alone, so another run writing to the same folder is safe.
         """
         removed = 0
         staging = self.root / TEMP_DIR
@@ -240,10 +239,7 @@ def _is_stale(entry: Path) -> bool:
     # "PID.START+SPACE"; "PID.START" or "PID" in files named before the space or the start was.
     writer, plus, space = writer.partition("+")
     pid_text, _, started_text = writer.partition(".")
-    seen = seen_from_here(host, space if plus else None)
-    if seen is Seen.GONE:
-        return True
-    if seen is Seen.VISIBLE and pid_text.isdigit():
+    if sees_processes_of(host, space if plus else None) and pid_text.isdigit():
         try:
             started = float(started_text) if started_text else None
         except ValueError:

@@ -185,7 +185,7 @@ def _csv_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
             return u
         path = u.removeprefix("file://")
         joined = path if path.startswith("/") else join_uri(base or ".", path)
-        return joined if joined.startswith("s3://") else os.path.normpath(joined)
+        return joined if joined.startswith("s3://") else os.path.normpath(joined.removeprefix("file://"))
 
     pairs, problems = [], []
     seen: dict[tuple[str, str], int] = {}

@@ -433,13 +433,12 @@ def train(
     calibration: dict[str, Any] = {}
     if init_from is not None:
         g0 = init_from.config
-        try:
-            cfg = replace(cfg, color_mode=init_from.color_mode, width=g0.width, depth=g0.depth, dropout=g0.dropout)
-        except ValueError:  # its advice would be a depth, which the model fine-tuned fixes
+        if cfg.image_size % 2**g0.depth:  # TrainConfig's advice would be a depth, which the model fixes
             raise ValueError(
                 f"the model to fine-tune has depth {g0.depth}, so crops must be a multiple of {2**g0.depth} px: "
                 f"train it at --image-size {max(2**g0.depth, cfg.image_size // 2**g0.depth * 2**g0.depth)}"
-            ) from None
+            )
+        cfg = replace(cfg, color_mode=init_from.color_mode, width=g0.width, depth=g0.depth, dropout=g0.dropout)
         # Fine-tuned weights stay close to their parent's: so does how strongly their colour is
         # applied, and the candidate is measured as it will run (as production is, with its own).
         calibration = {k: init_from.card[k] for k in CALIBRATION_KEYS if k in init_from.card}
