@@ -204,16 +204,14 @@ def done_row(opts: RunOptions, source: Storage, obj: ObjectInfo, entry: LedgerEn
     )
 
 
-def _made(entry: LedgerEntry, dest: Storage, out_key: str) -> bool:
-    """Whether the ledger's output of a source is ``out_key`` in ``dest``.
+def _made_before_a_move(entry: LedgerEntry, dest: Storage, out_key: str) -> bool:
+    """Whether the ledger's output of a source is ``out_key`` of ``dest`` moved or remounted since
+    (without ``colorize relocate``): a recorded URI under another root, where the key alone decides.
 
-    A recorded URI under another root is of a destination since moved or remounted (without
-    ``colorize relocate``): there the key alone decides. Under this destination's root the URI must
-    be the key's own: a folder of the archive run on its own into the same destination has outputs
-    whose keys end as another's do (``sub/a.jpg`` and ``a.jpg``).
+    Under this destination's root only the key's own URI is its record (``plan`` compares them): a
+    folder of the archive run on its own into the same destination has outputs whose keys end as
+    another's do (``sub/a.jpg`` and ``a.jpg``).
     """
-    if entry.output_uri == dest.uri_for(out_key):
-        return True
     if entry.output_uri.startswith(dest.uri.rstrip("/") + "/"):
         return False
     return entry.output_uri == out_key or entry.output_uri.endswith("/" + out_key)
@@ -319,8 +317,8 @@ def plan(
         # forced format can make two sources of a folder meet, and two folders can share a
         # destination), and so does the first of this run's to claim it.
         clash = ""
-        recorded = entry is not None and _made(entry, dest, out_key)
-        exact = recorded and entry is not None and entry.output_uri == dest.uri_for(out_key)
+        exact = entry is not None and entry.output_uri == dest.uri_for(out_key)
+        recorded = exact or (entry is not None and _made_before_a_move(entry, dest, out_key))
         there = outputs_there().get(out_key)
         unrecorded = there is not None and not recorded
         if unrecorded and len(ledger):

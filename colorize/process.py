@@ -235,19 +235,23 @@ class ShardProcessor:
             return None
         made = recorded_in(data)
         there = self.dest.uri_for(item.output_key)
-        refusal = ""
-        if not (made.get("run_id") or made.get("source_sha256")):
-            if item.output_format not in UNMARKED_FORMATS:
-                refusal = "neither the ledger nor its metadata says archive-colorize made it"
+        if not (made.get("run_id") or made.get("source_sha256")):  # not ours, or it cannot say (a BMP)
+            if not item.unrecorded or item.output_format in UNMARKED_FORMATS:
+                return None
+            refusal = "neither the ledger nor its metadata says archive-colorize made it"
         elif made.get("source_uri", "") not in ("", self.source.uri_for(item.key)) and made.get("source_sha256") != sha:
-            refusal = f"its metadata says it was made from another scan, {made['source_uri']}"
-        if refusal and (item.unrecorded or made.get("source_uri")):  # another scan's output: never overwritten
+            refusal = (
+                f"its metadata says it was made from another scan, {made['source_uri']}"  # whatever the ledger says
+            )
+        else:
+            refusal = ""
+        if refusal:
             reason = (
                 f"not written: {there} is already there, and {refusal}; move it away, or pass --force to replace it"
             )
             fields = self._scan_fields(scan, sha)
             return self._row(item, "failed", reason, seconds=time.perf_counter() - started, **fields)
-        if refusal or self.signing_key is not None or not self.model_sha256:
+        if self.signing_key is not None or not self.model_sha256:
             return None
         if (made.get("source_sha256"), made.get("model_sha256"), made.get("colour_method")) != (
             sha, self.model_sha256, COLOUR_METHOD

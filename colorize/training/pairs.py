@@ -179,13 +179,17 @@ def _csv_pairs(uri: str) -> tuple[list[Pair], list[PairProblem]]:
     if missing:
         raise PairError(f"{uri} needs the columns gray_uri and color_uri; missing {sorted(missing)}")
 
+    folder = (base or ".").removeprefix("file://")
+
     def absolute(u: str) -> str:
         """A row's path as one name for one file: relative to the CSV's folder, ``./`` and ``..`` resolved."""
         if u.startswith("s3://"):
             return u
         path = u.removeprefix("file://")
-        joined = path if path.startswith("/") else join_uri(base or ".", path)
-        return joined if joined.startswith("s3://") else os.path.normpath(joined.removeprefix("file://"))
+        if path.startswith("/"):
+            return os.path.normpath(path)
+        joined = join_uri(folder, path)
+        return joined if joined.startswith("s3://") else os.path.normpath(joined)
 
     pairs, problems = [], []
     seen: dict[tuple[str, str], int] = {}
