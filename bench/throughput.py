@@ -228,7 +228,7 @@ def pipeline(
         write_part(target, opts.run_id, unit.name, rows)
         if not isinstance(unit, Shard | SkipBatch):
             raise TypeError(unit)
-    run = finish_run(target, opts.run_id)
+    run, _ = finish_run(target, opts.run_id)
     bad = run[run["status"] != "colorized"]
     if len(bad):
         raise RuntimeError(f"{len(bad)} files not colorized: {bad['reason'].tolist()[:3]}")

@@ -165,6 +165,12 @@ def run(
     _echo_failures(summary.failures, summary.counts.get("failed", 0), "the manifest has every reason")
     if summary.not_scans:
         typer.echo(f"left alone, not scans by their extension: {describe_not_scans(summary.not_scans)}")
+    if summary.gone:
+        from colorize.storage import printable
+        from flows.colorize_archive import gone_line
+
+        more = f" (and {summary.gone - 3} more: the run's log)" if summary.gone > 3 else ""
+        typer.echo(f"{gone_line(summary)}: {', '.join(printable(u) for u in summary.gone_first[:3])}{more}")
     typer.echo(f"manifest: {summary.dest.rstrip('/')}/manifests/{summary.run_id}.csv")
     if summary.report_url:  # before/after pages to look at; for S3 a presigned link
         typer.echo(f"report: {summary.report_url}")

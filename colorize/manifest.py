@@ -335,8 +335,11 @@ def unfinished_runs(dest: Storage, exclude: str = "") -> Iterator[str]:
 _FOLDER_REASONS = ("not read: cannot list this folder", "not read: a link to the folder")
 
 
-def finish_run(dest: Storage, run_id: str, listed: str = "") -> pd.DataFrame:
+def finish_run(dest: Storage, run_id: str, listed: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fold a run's parts into ``manifests/<run_id>.csv`` and the ledger; remove the parts.
+
+    Returns the run's rows, and the ledger's rows of files under ``listed`` that it did not find
+    (:func:`vanished`; none when nothing was ``listed``).
 
     ``listed``: the source a run listed whole, when it did (not a killed run's). The ledger's rows
     of folders under it that an earlier listing could not enter (URIs ending in ``/``), and that this
@@ -347,12 +350,13 @@ def finish_run(dest: Storage, run_id: str, listed: str = "") -> pd.DataFrame:
     the ledger's one-row-per-source rule makes harmless.
     """
     keys = _part_keys(dest, run_id)
-    run, ledger = fold_run(dest, run_id, read_csv(dest, LEDGER_KEY), keys, listed)
+    before = read_csv(dest, LEDGER_KEY)
+    run, ledger = fold_run(dest, run_id, before, keys, listed)
     write_csv(dest, run_key(run_id), run)
     write_csv(dest, LEDGER_KEY, ledger)
     for key in keys:
         dest.delete(key)
-    return run
+    return run, (vanished(before, run, listed) if listed else before.iloc[:0])
 
 
 def fold_run(
@@ -376,6 +380,23 @@ def fold_run(
         ledger = ledger[~(folder & uris.str.startswith(under) & gone & (ledger["status"] == "failed"))]
     run = carry_forward(run, ledger)
     return run, merge_into_ledger(ledger, run)
+
+
+def vanished(ledger: pd.DataFrame, run: pd.DataFrame, listed: str) -> pd.DataFrame:
+    """The ledger's rows of files under ``listed`` that a run which listed it whole did not find.
+
+    Deleted, renamed or moved since the run that last saw them (their ``run_id``), latest first.
+    Their rows and outputs stay; this only says so. A folder the listing could not enter this time
+    (its row's URI ends in "/") hides its files, which are not counted as gone.
+    """
+    under, uris = listed.rstrip("/") + "/", ledger["source_uri"]
+    reported = set(run["source_uri"])
+    blind = tuple(u for u in reported if u.endswith("/"))
+    folder = uris.str.endswith("/") | ledger["reason"].str.startswith(_FOLDER_REASONS)
+    gone = uris.str.startswith(under) & ~folder & ~uris.isin(reported)
+    if blind:
+        gone &= ~uris.str.startswith(blind)
+    return ledger[gone].sort_values(["run_id", "source_uri"], ascending=[False, True], kind="stable")
 
 
 def relocate(ledger: pd.DataFrame, old: str, new: str) -> tuple[pd.DataFrame, int]:

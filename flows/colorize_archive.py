@@ -38,6 +38,10 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (source URI, reason): the first SUMMARY_FAILURES
     report_url: str = ""  # the run report: file:// URI, or presigned link for S3
     not_scans: dict[str, int] = field(default_factory=dict)  # files left alone, by extension ("" for none)
+    source: str = ""
+    gone: int = 0  # files the ledger records under the source that this run did not find there
+    gone_last_seen: str = ""  # the latest run that saw one of them
+    gone_first: list[str] = field(default_factory=list)  # the first SUMMARY_FAILURES of them, latest seen first
 
     @property
     def total(self) -> int:
@@ -101,13 +105,19 @@ def record_skips(opts: RunOptions, batch: SkipBatch) -> dict[str, int]:
 @task(cache_policy=NO_CACHE)
 def finish_manifest(opts: RunOptions) -> RunSummary:
     """Assemble the run manifest and update the cumulative ledger."""
-    run = finish_run(open_storage(opts.dest, opts.endpoint_url), opts.run_id, listed=opts.source)
+    run, gone = finish_run(open_storage(opts.dest, opts.endpoint_url), opts.run_id, listed=opts.source)
     failed = run[run["status"] == "failed"].head(SUMMARY_FAILURES)  # a moved archive's run refuses millions
-    return RunSummary(
+    last_seen = gone["run_id"].iloc[0] if len(gone) else ""
+    summary = RunSummary(
         run_id=opts.run_id, dest=opts.dest, model_id=opts.model_id,
         counts={k: int(v) for k, v in run["status"].value_counts().items()},
         failures=list(zip(failed["source_uri"], failed["reason"], strict=True)),
+        source=opts.source, gone=len(gone), gone_last_seen=last_seen,
+        gone_first=gone["source_uri"].head(SUMMARY_FAILURES).tolist(),
     )  # fmt: skip
+    if summary.gone:
+        get_run_logger().warning("%s", gone_line(summary))
+    return summary
 
 
 @task(cache_policy=NO_CACHE)
@@ -143,10 +153,23 @@ def publish_summary(summary: RunSummary) -> None:
         lines += ["", f"Left alone, not scans by their extension: {describe_not_scans(summary.not_scans)}."]
     if summary.report_url:
         lines += ["", f"Report: [{summary.run_id}.html]({summary.report_url})"]
+    if summary.gone:
+        lines += ["", f"## Not found in the source: {summary.gone}", "", _md_text(gone_line(summary)) + ":", ""]
+        lines += [f"- {_md_code(uri)}" for uri in summary.gone_first]
     if summary.failures:
         lines += ["", f"## Failures (first {SUMMARY_FAILURES})", ""]
         lines += [f"- {_md_code(uri)}: {_md_text(reason)}" for uri, reason in summary.failures]
     create_markdown_artifact(key="colorize-run-summary", markdown="\n".join(lines))
+
+
+def gone_line(summary: RunSummary) -> str:
+    """What a run says of the files the ledger records under its source that it did not find."""
+    files, were, their = ("file", "was", "its") if summary.gone == 1 else ("files", "were", "their")
+    return (
+        f"{summary.gone} {files} recorded under {summary.source} {were} not found there: deleted, renamed or moved "
+        f"since run {summary.gone_last_seen} or earlier ({their} rows and outputs are kept; a moved archive: "
+        "colorize relocate)"
+    )
 
 
 def _md_code(text: str) -> str:

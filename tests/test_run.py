@@ -151,6 +151,21 @@ def test_rerun_skips_what_is_done_and_redoes_what_changed(run, tmp_path, tiny_mo
     for row in ledger.itertuples():
         if row.status in ("colorized", "skipped_done"):
             assert Path(row.output_uri).stat().st_size == int(row.output_size)
+    assert third.gone == 0
+
+    # Scans that left the source are said, not silently forgotten: their rows and outputs stay.
+    # A folder the next listing cannot enter (a link now) hides its scans: they are not said gone.
+    (src / "sepia.jpg").unlink()
+    (src / "e.bmp").rename(src / "e-renamed.bmp")
+    (src / "nested").rename(tmp_path / "nested-moved")
+    (src / "nested").symlink_to(tmp_path / "nested-moved")
+    fourth = run(src, dest, tiny_model)
+    assert (fourth.gone, fourth.gone_last_seen) == (2, third.run_id)
+    assert fourth.gone_first == [str(src / "e.bmp"), str(src / "sepia.jpg")]
+    assert fourth.counts["colorized"] == 1  # the renamed scan: a new name is a new scan
+    ledger = _manifest(dest)
+    assert _by_key(ledger, src)["sepia.jpg"].status == "skipped_done" and (dest / "sepia.jpg").exists()
+    assert fourth.gone == run(src, dest, tiny_model).gone == 2  # said again while the ledger holds them
 
 
 def test_names_no_record_can_hold_are_refused_and_the_run_goes_on(run, tmp_path, tiny_model, caplog):
@@ -355,6 +370,10 @@ def test_cli_exit_codes(tmp_path, tiny_model, cli_env):
     report = re.search(r"^report: (file://\S+)$", done.stdout, re.M)
     assert report is not None and Path(report[1].removeprefix("file://")).is_file()
     assert "left alone, not scans by their extension: 1 .md5" in done.stdout
+    (src / "broken.jpg").unlink()  # gone from the source since: said, with its name
+    again = _cli(["run", str(src), str(tmp_path / "out"), *args], cli_env)
+    assert again.returncode == 0 and f"1 file recorded under {src} was not found there" in again.stdout
+    assert f"a moved archive: colorize relocate): {src / 'broken.jpg'}\n" in again.stdout
 
     missing = _cli(["run", str(tmp_path / "nothing-here"), str(tmp_path / "out2"), "--model", str(tiny_model)], cli_env)
     assert missing.returncode != 0 and "does not exist" in missing.stderr
@@ -821,9 +840,10 @@ def test_ledger_upkeep_old_folder_rows_empty_ledgers_and_destinations_under_a_fi
         ManifestRow("r0", f"{src}/x.jpg", reason="not an image", **failed),
     ]
     write_csv(dest, LEDGER_KEY, to_frame(old_rows))
-    finish_run(dest, "20261128T000000Z-abcdef", listed=src)  # a whole run of /archive/scans, box1 read now
+    _, gone = finish_run(dest, "20261128T000000Z-abcdef", listed=src)  # a whole run of /archive/scans, box1 read now
     kept = set(read_csv(dest, LEDGER_KEY)["source_uri"])
     assert kept == {f"{src}2/box1/", f"{src}/x.jpg"}  # another source's folder, and a file's row, stay
+    assert gone["source_uri"].tolist() == [f"{src}/x.jpg"]  # not listed: gone, unlike folders' rows
 
     (tmp_path / "dest" / LEDGER_KEY).write_bytes(b"")  # emptied by hand: said, with what to do
     with pytest.raises(ManifestError, match="cannot be read as a manifest: .*; the run stops rather than rewrite it"):

@@ -495,6 +495,24 @@ def test_fine_tuning_starts_from_the_given_weights_and_calibration(photos, tmp_p
     train(same_shape, pairs[1:], pairs[:1], str(tmp_path / "shared-ckpt"), resume=True, init_from=start)
 
 
+def test_a_damaged_checkpoint_is_named_not_a_traceback(photos, tmp_path):
+    from colorize.training.trainer import CHECKPOINT, train
+
+    pairs, _ = load_pairs(discover_pairs(str(photos))[0])
+    cfg = TrainConfig(**{**TINY, "epochs": 1})
+    train(cfg, pairs, [], str(tmp_path / "ckpt"))
+    ckpt = tmp_path / "ckpt" / CHECKPOINT
+    whole = ckpt.read_bytes()
+    # Cut short (a copy stopped by a full disk), emptied, or another file under its name.
+    for damaged in (whole[: len(whole) // 2], b"", b"not a checkpoint", whole[:-10]):
+        ckpt.write_bytes(damaged)
+        with pytest.raises(ValueError, match=f"checkpoint {ckpt} cannot be read .*delete it to train from the start"):
+            train(cfg, pairs, [], str(tmp_path / "ckpt"), resume=True)
+    torch.save({"G": {}}, ckpt)
+    with pytest.raises(ValueError, match="is not a checkpoint of this trainer"):
+        train(cfg, pairs, [], str(tmp_path / "ckpt"), resume=True)
+
+
 def test_rebalancing_changes_the_loss_training_sees_and_is_recorded(photos, tmp_path):
     from colorize.training.trainer import train
 

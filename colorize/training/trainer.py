@@ -358,6 +358,30 @@ def built_ahead(batches: Iterable[Any], depth: int = 3) -> Iterator[Any]:
             yield batch
 
 
+_CHECKPOINT_KEYS = frozenset(
+    {"epoch", "config", "G", "D", "opt_g", "opt_d", "sched_g", "sched_d", "rng", "history", "data_fingerprint"}
+)
+
+
+def _read_checkpoint(raw: bytes, device: torch.device, where: str) -> dict[str, Any]:
+    """A checkpoint's state, or a ValueError that says it is damaged (torch's own errors name no file).
+
+    Checkpoints are written atomically, so a damaged one was cut short or replaced from outside:
+    a copy stopped by a full disk, a sync of half a file.
+    """
+    try:
+        ckpt = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - zip, pickle, EOF and seek errors alike: the file is not whole
+        reason = str(err).split(".")[0] or type(err).__name__
+        raise ValueError(
+            f"--resume: checkpoint {where} cannot be read ({len(raw):,} bytes; {reason}): it is damaged, "
+            "cut short or not this trainer's; restore it, or delete it to train from the start"
+        ) from None
+    if not isinstance(ckpt, dict) or not _CHECKPOINT_KEYS <= ckpt.keys():
+        raise ValueError(f"--resume: {where} is not a checkpoint of this trainer; delete it to train from the start")
+    return ckpt
+
+
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}
     if torch.cuda.is_available():
@@ -484,7 +508,7 @@ def train(
             raw = store.read_bytes(CHECKPOINT)
         except FileNotFoundError:
             raise FileNotFoundError(f"--resume: no checkpoint {CHECKPOINT} in {store.uri}") from None
-        ckpt = torch.load(io.BytesIO(raw), map_location=device, weights_only=True)
+        ckpt = _read_checkpoint(raw, device, store.uri_for(CHECKPOINT))
         changed = {k for k, v in ckpt["config"].items() if getattr(cfg, k) != v} - RESUMABLE_CHANGES
         if changed:
             raise ValueError(f"--resume with different settings than the checkpoint: {sorted(changed)}")
