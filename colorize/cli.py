@@ -14,15 +14,43 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from colorize.imaging import DEFAULT_MAX_PIXELS, OUTPUT_FORMATS
 from colorize.server_orphans import stop_orphaned_prefect_servers
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Colorize scanned black-and-white photographs.")
-models_app = typer.Typer(no_args_is_help=True, help="List, inspect and promote registered models.")
+if TYPE_CHECKING:
+    import click
+
+# A flag's metavar: Typer 0.29 otherwise shows "<bool>" beside it, as if it took a value.
+_FLAG = ""
+
+
+class _NoHelpMetavar:
+    """--help, which Typer does not let a command declare, shown as the flag it is."""
+
+    def get_help_option(self, ctx: click.Context) -> click.Option | None:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = _FLAG
+        return option
+
+
+class _Command(_NoHelpMetavar, TyperCommand):
+    pass
+
+
+class _Group(_NoHelpMetavar, TyperGroup):
+    pass
+
+
+app = typer.Typer(
+    cls=_Group, add_completion=False, no_args_is_help=True, help="Colorize scanned black-and-white photographs."
+)
+models_app = typer.Typer(cls=_Group, no_args_is_help=True, help="List, inspect and promote registered models.")
 app.add_typer(models_app, name="models")
 
 
@@ -40,9 +68,6 @@ class Backend(StrEnum):
 
 OutputFormat = StrEnum("OutputFormat", {name: name for name in OUTPUT_FORMATS})  # type: ignore[misc]
 
-
-# A flag's metavar: Typer 0.29 otherwise shows "<bool>" beside it, as if it took a value.
-_FLAG = ""
 _Endpoint = Annotated[str | None, typer.Option(help="S3-compatible endpoint (else AWS_ENDPOINT_URL).")]
 
 
@@ -51,7 +76,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command()
+@app.command(cls=_Command)
 def run(
     source: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix of scans.")],
     dest: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix for the colour versions.")],
@@ -253,7 +278,7 @@ def _dry_run(source: str, dest: str, model: str | None, registry: str | None, op
         typer.echo(f"would leave alone, not scans by their extension: {describe_not_scans(seen.not_scans)}")
 
 
-@app.command()
+@app.command(cls=_Command)
 def train(
     pairs: Annotated[str, typer.Argument(help="Victorian400 folder, colour-only folder, or CSV of pairs.")],
     registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix to register the model in.")],
@@ -332,7 +357,7 @@ def train(
         typer.echo(f"{len(summary.problems)} pairs skipped (see the flow's log)")
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     dest: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix a run wrote to.")],
     run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
@@ -354,7 +379,7 @@ def report(
     typer.echo(storage.uri_for(key))
 
 
-@app.command()
+@app.command(cls=_Command)
 def relocate(
     dest: Annotated[str, typer.Argument(help="Folder or s3://bucket/prefix whose manifest.csv to change.")],
     old: Annotated[str, typer.Argument(help="Where the files were: folder or s3://bucket/prefix.")],
@@ -385,7 +410,7 @@ def relocate(
     typer.echo(f"{verb} {moved.rows} ledger rows from {moved.old} to {moved.new} ({moved.ledger_rows} rows in all)")
 
 
-@app.command()
+@app.command(cls=_Command)
 def inspect(
     file: Annotated[str, typer.Argument(help="An image: path or s3:// URI.")],
     trust: Annotated[str | None, typer.Option(help="PEM root certificates to trust for C2PA (path).")] = None,
@@ -413,7 +438,7 @@ def inspect(
         raise typer.Exit(3)
 
 
-@models_app.command("list")
+@models_app.command("list", cls=_Command)
 def models_list(
     registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")], endpoint_url: _Endpoint = None
 ) -> None:
@@ -444,7 +469,7 @@ def models_list(
         raise _fail(f"{damaged} damaged version(s) in {reg.uri}: promote none of them", 1)
 
 
-@models_app.command("show")
+@models_app.command("show", cls=_Command)
 def models_show(
     version: Annotated[str, typer.Argument(help="Version (v3) or alias (production).")] = "production",
     registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")] = ".",
@@ -457,7 +482,7 @@ def models_show(
         typer.echo(json.dumps(Registry(registry, endpoint_url=endpoint_url).card(version), indent=2, sort_keys=True))
 
 
-@models_app.command("promote")
+@models_app.command("promote", cls=_Command)
 def models_promote(
     version: Annotated[str, typer.Argument(help="Version to promote, e.g. v3.")],
     registry: Annotated[str, typer.Option(help="Registry folder or s3:// prefix.")],

@@ -801,6 +801,17 @@ def test_first_run_on_a_fresh_machine_starts_its_own_prefect(tmp_path, tiny_mode
     assert (tmp_path / "out" / "one.png").exists()
 
 
+def test_help_shows_flags_as_flags():
+    from typer.testing import CliRunner
+
+    from colorize.cli import app
+
+    for command in ([], ["run"], ["train"], ["models"], ["models", "list"]):
+        shown = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0 and "--help" in shown.output, shown.output
+        assert "<bool>" not in shown.output and "BOOLEAN" not in shown.output  # no value to give
+
+
 def test_the_summarys_failures_show_names_and_reasons_as_they_are():
     from flows.colorize_archive import _md_code, _md_text
 
