@@ -391,7 +391,8 @@ def vanished(ledger: pd.DataFrame, run: pd.DataFrame, listed: str) -> pd.DataFra
     """
     under, uris = listed.rstrip("/") + "/", ledger["source_uri"]
     reported = set(run["source_uri"])
-    blind = tuple(u for u in reported if u.endswith("/"))
+    # A folder the listing could not enter: not an S3 key ending in "/" that holds bytes (an object).
+    blind = tuple(run.loc[run["reason"].str.startswith(_FOLDER_REASONS), "source_uri"])
     folder = uris.str.endswith("/") | ledger["reason"].str.startswith(_FOLDER_REASONS)
     gone = uris.str.startswith(under) & ~folder & ~uris.isin(reported)
     if blind:

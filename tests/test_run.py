@@ -839,7 +839,16 @@ def test_names_at_the_terminal_show_what_they_hold_and_do_nothing():
 
 
 def test_ledger_upkeep_old_folder_rows_empty_ledgers_and_destinations_under_a_file(tmp_path):
-    from colorize.manifest import LEDGER_KEY, ManifestError, ManifestRow, finish_run, read_csv, to_frame, write_csv
+    from colorize.manifest import (
+        LEDGER_KEY,
+        ManifestError,
+        ManifestRow,
+        finish_run,
+        read_csv,
+        to_frame,
+        write_csv,
+        write_part,
+    )
     from colorize.plan import check_destination
 
     dest = open_storage(str(tmp_path / "dest"))
@@ -855,6 +864,12 @@ def test_ledger_upkeep_old_folder_rows_empty_ledgers_and_destinations_under_a_fi
     kept = set(read_csv(dest, LEDGER_KEY)["source_uri"])
     assert kept == {f"{src}2/box1/", f"{src}/x.jpg"}  # another source's folder, and a file's row, stay
     assert gone["source_uri"].tolist() == [f"{src}/x.jpg"]  # not listed: gone, unlike folders' rows
+    # An S3 key ending in "/" that holds bytes is a refused object, not a folder hiding its files.
+    marker = ManifestRow("r2", f"{src}/", reason="not read: a key ending in '/' that holds 1 bytes", **failed)
+    write_part(dest, "20261129T000000Z-abcdef", "plan-000001", [marker])
+    write_csv(dest, LEDGER_KEY, to_frame([ManifestRow("r1", f"{src}/y.jpg", reason="not an image", **failed)]))
+    _, gone = finish_run(dest, "20261129T000000Z-abcdef", listed=src)
+    assert gone["source_uri"].tolist() == [f"{src}/y.jpg"]
 
     (tmp_path / "dest" / LEDGER_KEY).write_bytes(b"")  # emptied by hand: said, with what to do
     with pytest.raises(ManifestError, match="cannot be read as a manifest: .*; the run stops rather than rewrite it"):
