@@ -194,7 +194,7 @@ def run(
         from colorize.storage import printable
         from flows.colorize_archive import gone_line
 
-        more = f" (and {summary.gone - 3} more: the run's log)" if summary.gone > 3 else ""
+        more = f" (and {summary.gone - 3} more)" if summary.gone > 3 else ""
         typer.echo(f"{gone_line(summary)}: {', '.join(printable(u) for u in summary.gone_first[:3])}{more}")
     typer.echo(f"manifest: {summary.dest.rstrip('/')}/manifests/{summary.run_id}.csv")
     if summary.report_url:  # before/after pages to look at; for S3 a presigned link

@@ -335,6 +335,11 @@ def unfinished_runs(dest: Storage, exclude: str = "") -> Iterator[str]:
 _FOLDER_REASONS = ("not read: cannot list this folder", "not read: a link to the folder")
 
 
+def _folder_rows(ledger: pd.DataFrame) -> pd.Series:
+    """A folder's row: its URI ends in "/", or, written before it did, its reason says it is one."""
+    return ledger["source_uri"].str.endswith("/") | ledger["reason"].str.startswith(_FOLDER_REASONS)
+
+
 def finish_run(dest: Storage, run_id: str, listed: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fold a run's parts into ``manifests/<run_id>.csv`` and the ledger; remove the parts.
 
@@ -373,8 +378,7 @@ def fold_run(
     run = run.drop_duplicates(subset="source_uri", keep="last").reset_index(drop=True)
     if listed:
         under, uris = listed.rstrip("/") + "/", ledger["source_uri"]
-        # A folder's row: its URI ends in "/", or, written before it did, its reason says it is one.
-        folder = uris.str.endswith("/") | ledger["reason"].str.startswith(_FOLDER_REASONS)
+        folder = _folder_rows(ledger)
         reported = set(run["source_uri"])
         gone = ~uris.isin(reported) & ~(uris + "/").isin(reported)
         ledger = ledger[~(folder & uris.str.startswith(under) & gone & (ledger["status"] == "failed"))]
@@ -387,14 +391,12 @@ def vanished(ledger: pd.DataFrame, run: pd.DataFrame, listed: str) -> pd.DataFra
 
     Deleted, renamed or moved since the run that last saw them (their ``run_id``), latest first.
     Their rows and outputs stay; this only says so. A folder the listing could not enter this time
-    (its row's URI ends in "/") hides its files, which are not counted as gone.
+    (its row's reason says so) hides its files, which are not counted as gone; an S3 key ending in
+    "/" that holds bytes is an object refused, and hides nothing.
     """
     under, uris = listed.rstrip("/") + "/", ledger["source_uri"]
-    reported = set(run["source_uri"])
-    # A folder the listing could not enter: not an S3 key ending in "/" that holds bytes (an object).
     blind = tuple(run.loc[run["reason"].str.startswith(_FOLDER_REASONS), "source_uri"])
-    folder = uris.str.endswith("/") | ledger["reason"].str.startswith(_FOLDER_REASONS)
-    gone = uris.str.startswith(under) & ~folder & ~uris.isin(reported)
+    gone = uris.str.startswith(under) & ~_folder_rows(ledger) & ~uris.isin(run["source_uri"])
     if blind:
         gone &= ~uris.str.startswith(blind)
     return ledger[gone].sort_values(["run_id", "source_uri"], ascending=[False, True], kind="stable")
